@@ -1,0 +1,171 @@
+"""The ``modelport`` command.
+
+``modelport inspect REF [--json] [options]`` prints the resolved model and its
+trace; ``modelport plugins [--json]`` lists every plugin. Errors print one or
+two lines, no traceback, and exit with status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+#: JSON schema version of ``inspect --json`` and ``plugins --json`` output.
+JSON_VERSION = 1
+
+_BOOL_OPTIONS = {"trust_remote_code", "skip_tokenizer_init", "offline"}
+_INT_OPTIONS = {"max_model_len"}
+_OPTION_HELP = {
+    "revision": "branch, tag or commit of the model repository",
+    "code_revision": "revision to take remote code from",
+    "token": "access token (prefer the HF_TOKEN environment variable: a flag shows in process lists)",
+    "hf_config_path": "take the config from this folder or repository",
+    "config_format": "config format: auto or a registered format",
+    "trust_remote_code": "allow code from the model repository to run",
+    "hf_overrides": "JSON object merged into the config",
+    "tokenizer": "tokenizer reference, when not the model's own",
+    "tokenizer_revision": "revision of the tokenizer repository",
+    "tokenizer_mode": "tokenizer mode: auto or a registered mode",
+    "skip_tokenizer_init": "resolve no tokenizer",
+    "load_format": "weights format: auto or a registered load format",
+    "model_impl": "auto, native or transformers",
+    "dtype": "auto or a torch dtype name",
+    "device": "cpu, cuda, cuda:N...",
+    "download_dir": "keep downloads here instead of the shared cache",
+    "offline": "make no network call",
+    "max_model_len": "cap on the context length",
+}
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("load options (the fields of modelport.LoadOptions)")
+    from modelport.options import LoadOptions  # light: no torch, no transformers
+
+    for f in dataclasses.fields(LoadOptions):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = _OPTION_HELP.get(f.name, "")
+        if f.name in _BOOL_OPTIONS:
+            group.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+        elif f.name in _INT_OPTIONS:
+            group.add_argument(flag, dest=f.name, type=int, default=None, metavar="N", help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=help_text)
+
+
+def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from modelport.errors import InvalidOptionError
+    from modelport.options import LoadOptions
+
+    options: dict[str, Any] = {}
+    for name in LoadOptions.names():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "hf_overrides":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise InvalidOptionError("hf_overrides", value, detail=f"not valid JSON: {exc}") from exc
+            if not isinstance(value, dict):
+                raise InvalidOptionError("hf_overrides", value, detail="expected a JSON object")
+        options[name] = value
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="modelport",
+        description="Turn a model reference into a ready-to-run model, through plugins.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelport {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    inspect = sub.add_parser("inspect", help="resolve a model and print what was decided, and why")
+    inspect.add_argument("reference", metavar="REF", help="local path, repository id, ...")
+    inspect.add_argument("--json", action="store_true", help="print the stable JSON form")
+    _add_load_options(inspect)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins, built-ins included")
+    plugins.add_argument("--json", action="store_true", help="print the stable JSON form")
+    return parser
+
+
+def _version() -> str:
+    from modelport import __version__
+
+    return __version__
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from modelport.pipeline import resolve
+
+    resolved = resolve(args.reference, **_options_from_args(args))
+    if args.json:
+        print(json.dumps({"version": JSON_VERSION, **resolved.to_dict()}, indent=2, default=str))
+        return 0
+    arch = resolved.architecture
+    rows = [
+        ("reference", resolved.reference),
+        ("source", f"{resolved.source.kind} {resolved.source.location}"),
+        ("config format", resolved.config_format),
+        ("model type", str(getattr(resolved.hf_config, "model_type", None))),
+        ("architecture", f"{arch.name} ({arch.impl}, {arch.target}, from {arch.plugin})"),
+        ("dtype", resolved.dtype),
+        ("max model len", str(resolved.max_model_len)),
+        ("tokenizer", "skipped" if resolved.tokenizer is None else
+         f"{resolved.tokenizer.mode}: {', '.join(resolved.tokenizer.files)}"),
+        ("weights", f"{resolved.weight_files.load_format}: {', '.join(resolved.weight_files.files) or '(none)'}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print("\ntrace:")
+    print(resolved.trace.format())
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from modelport.plugins import get_host
+
+    host = get_host()
+    described = host.describe()
+    failures = [dataclasses.asdict(f) for f in host.failures]
+    if args.json:
+        print(json.dumps({"version": JSON_VERSION, "plugins": described, "failed": failures}, indent=2))
+        return 0
+    for plugin in described:
+        origin = "built-in" if plugin["builtin"] else f"{plugin['distribution']} {plugin['version']}"
+        print(f"{plugin['name']}  ({origin})")
+        print(f"  hooks: {', '.join(h.removeprefix('modelport_') for h in plugin['hooks']) or '(none)'}")
+        for kind, names in plugin["registered"].items():
+            print(f"  {kind}: {', '.join(names)}")
+    for failure in failures:
+        print(f"{failure['name']}  (FAILED: {failure['error']})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``modelport`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from modelport.errors import ModelportError
+
+    try:
+        if args.command == "inspect":
+            return _cmd_inspect(args)
+        return _cmd_plugins(args)
+    except ModelportError as exc:
+        print(f"modelport: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

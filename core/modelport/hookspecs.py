@@ -1,0 +1,269 @@
+"""Hook specifications: the table of contents of the modelport pipeline.
+
+::
+
+    reference --> source --> format --> config --> patches --> architecture
+              --> tokenizer --> weights --> model --> executor
+
+Two shapes only:
+
+* **choose one** (``firstresult``): implementations are asked in order and the
+  first non-``None`` answer wins; return ``None`` to pass. An implementation may
+  return :class:`modelport.types.Decision` to give the trace a reason.
+* **register many**: the hook receives a ``register`` callback and calls it once
+  per thing it adds. Every registration is recorded with the plugin's name.
+
+Order is set with ``tryfirst``/``trylast`` only, never by install order; core's
+fallbacks are ``trylast``. Specs only grow: an argument is never removed, so an
+implementation may accept any subset of a spec's arguments.
+
+This module is cheap to import: argument types are imported under
+``TYPE_CHECKING``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from modelport.options import LoadOptions
+    from modelport.registry import Registry
+    from modelport.types import ArchitectureChoice, ConfigPatch, Source, TokenizerSpec, WeightFiles
+
+PROJECT = "modelport"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- reference -> source ---------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def modelport_classify_reference(reference: str, options: LoadOptions) -> Source | None:  # type: ignore[empty-body]
+    """Turn what the user typed into a :class:`~modelport.types.Source`.
+
+    Args:
+        reference: the model reference (``org/name``, ``./folder``, ``m.gguf``,
+            ``org/repo:Q4_K_M``...). Also called for ``hf_config_path`` and
+            ``tokenizer`` references.
+        options: the load options (``revision``, ``token``, ``offline``...).
+
+    Returns:
+        A source, or ``None`` if this plugin does not recognise the reference.
+        Stops at the first non-``None`` result. Core's local-path
+        implementation is ``tryfirst`` for existing paths; a plugin that claims
+        remote ids should be plain, and a catch-all ``trylast``.
+    """
+
+
+# --- format ------------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_config_formats(register: Callable[..., None]) -> None:
+    """Register config format names (``register(name, description="")``).
+
+    The names are the valid values of the ``config_format`` option besides
+    ``auto``. Called once when the registry is built.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_detect_config_format(source: Source, options: LoadOptions) -> str | None:  # type: ignore[empty-body]
+    """Say which config format ``source`` holds, from its files, never from its name.
+
+    Only called when ``options.config_format == "auto"``.
+
+    Returns:
+        A registered format name, or ``None`` to pass. Stops at the first
+        non-``None`` result.
+    """
+
+
+# --- config ------------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_config_classes(register: Callable[..., None]) -> None:
+    """Register config classes by ``model_type`` (``register(model_type, "module:Class")``).
+
+    Parsers consult this registry before ``transformers.AutoConfig``, so a
+    plugin can support model types transformers does not know. Classes are
+    imported on first use.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_parse_config(  # type: ignore[empty-body]
+    source: Source, config_format: str, options: LoadOptions, registry: Registry
+) -> PretrainedConfig | None:
+    """Parse the model's config files into a ``transformers.PretrainedConfig``.
+
+    Args:
+        source: where the files are (the ``hf_config_path`` source when given).
+        config_format: the detected or requested format.
+        options: the load options (``trust_remote_code``, ``hf_overrides``...).
+        registry: the registry, for config classes by ``model_type``.
+
+    Returns:
+        The config, or ``None`` if this plugin does not parse ``config_format``.
+        Stops at the first non-``None`` result. Must raise
+        :class:`~modelport.errors.RemoteCodeRequiredError` rather than run
+        repository code without ``trust_remote_code``.
+    """
+
+
+# --- patches -----------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_config_patches(register: Callable[[ConfigPatch], None]) -> None:
+    """Register post-load config patches (``register(ConfigPatch(...))``).
+
+    Patches run after ``hf_overrides`` are applied, in ascending
+    :class:`~modelport.types.PatchPhase` (legacy RoPE forms, attribute remaps,
+    format metadata, per-architecture fix-ups); ties keep registration order.
+    Each patch's effect (the config keys it changed) is recorded in the trace.
+    """
+
+
+# --- architecture ------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_architectures(register: Callable[..., None]) -> None:
+    """Register model implementations (``register(name, "module:Class", impl="native")``).
+
+    ``name`` is a value of ``config.architectures``; ``impl`` is ``native``,
+    ``transformers`` or a plugin's own kind. Classes are imported on first use.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_select_architecture(  # type: ignore[empty-body]
+    hf_config: PretrainedConfig, model_impl: str, registry: Registry
+) -> ArchitectureChoice | None:
+    """Pick the implementation for ``hf_config`` given the ``model_impl`` option.
+
+    Core's registry lookup is a ``trylast`` implementation (native first when
+    ``model_impl == "auto"``); a backend that can serve any architecture
+    implements this hook ``trylast`` too and answers what core could not.
+
+    Returns:
+        An :class:`~modelport.types.ArchitectureChoice` or ``None``. Stops at the
+        first non-``None`` result.
+    """
+
+
+# --- tokenizer ---------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_tokenizer_modes(register: Callable[..., None]) -> None:
+    """Register tokenizer mode names (``register(name, description="")``).
+
+    The names are the valid values of the ``tokenizer_mode`` option besides ``auto``.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_resolve_tokenizer(  # type: ignore[empty-body]
+    source: Source, hf_config: PretrainedConfig, options: LoadOptions
+) -> TokenizerSpec | None:
+    """Decide which tokenizer will be loaded, without loading it.
+
+    Args:
+        source: the tokenizer's source (the ``tokenizer`` option's, or the model's).
+        hf_config: the patched config.
+        options: the load options (``tokenizer_mode``, ``tokenizer_revision``...).
+
+    Returns:
+        A :class:`~modelport.types.TokenizerSpec` or ``None``. Stops at the
+        first non-``None`` result. Not called with ``skip_tokenizer_init``.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any | None:
+    """Build the tokenizer object that ``spec`` describes.
+
+    Returns:
+        The tokenizer, or ``None`` if this plugin does not handle ``spec.mode``.
+        Stops at the first non-``None`` result.
+    """
+
+
+# --- weights -----------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_load_formats(register: Callable[..., None]) -> None:
+    """Register load format names (``register(name, description="")``).
+
+    The names are the valid values of the ``load_format`` option besides ``auto``.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_select_weight_files(  # type: ignore[empty-body]
+    source: Source, config_format: str, hf_config: PretrainedConfig, options: LoadOptions
+) -> WeightFiles | None:
+    """Choose the weight files to read for ``options.load_format``, reading no tensor.
+
+    Returns:
+        A :class:`~modelport.types.WeightFiles` (``files`` may be empty for
+        formats such as ``dummy``), or ``None`` to pass. Stops at the first
+        non-``None`` result. Raise :class:`~modelport.errors.WeightsMissingError`
+        when the format applies but its files are absent.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_iter_weights(  # type: ignore[empty-body]
+    weights: WeightFiles, hf_config: PretrainedConfig, options: LoadOptions
+) -> Iterator[tuple[str, Any]] | None:
+    """Stream ``(name, tensor)`` pairs from the files ``weights`` names.
+
+    Returns:
+        An iterator, or ``None`` if this plugin does not read
+        ``weights.load_format``. Stops at the first non-``None`` result.
+        Corrupt files raise :class:`~modelport.errors.WeightsCorruptError`.
+    """
+
+
+# --- executor ----------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_executors(register: Callable[..., None]) -> None:
+    """Register executor names by device type (``register(name, description="")``).
+
+    ``name`` is a device type (``cpu``, ``cuda``); ``modelport plugins`` lists them.
+    """
+
+
+@hookspec(firstresult=True)
+def modelport_create_executor(device: str, model: Any, options: LoadOptions) -> Any | None:
+    """Create an executor that runs ``model`` on ``device``.
+
+    Returns:
+        The executor, or ``None`` if this plugin does not drive ``device``.
+        Stops at the first non-``None`` result.
+    """
+
+
+#: The "register many" hooks and the registry kind each fills.
+REGISTER_HOOKS: dict[str, str] = {
+    "modelport_register_config_formats": "config_format",
+    "modelport_register_config_classes": "config_class",
+    "modelport_register_config_patches": "config_patch",
+    "modelport_register_architectures": "architecture",
+    "modelport_register_tokenizer_modes": "tokenizer_mode",
+    "modelport_register_load_formats": "load_format",
+    "modelport_register_executors": "executor",
+}

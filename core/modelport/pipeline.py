@@ -1,0 +1,400 @@
+"""The pipeline: ``resolve`` (no tensor read) and ``load`` (all the way).
+
+Each step asks the plugins through one hook and records who answered in the
+trace. Order of config handling, fixed and documented:
+
+1. the parser builds the config (config classes by ``model_type`` first);
+2. ``hf_overrides`` are applied;
+3. registered patches run by phase (legacy RoPE forms, attribute remaps,
+   format metadata, per-architecture fix-ups);
+4. facts are derived (text config, dtype, ``max_model_len``);
+5. the architecture is selected.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelport.errors import (
+    InvalidOptionError,
+    ModelportError,
+    ReferenceNotFoundError,
+    TokenizerError,
+    UnsupportedArchitectureError,
+    UnsupportedFormatError,
+    WeightsMissingError,
+)
+from modelport.facts import apply_overrides, resolve_dtype, resolve_max_model_len, text_config
+from modelport.options import LoadOptions
+from modelport.plugins import Answer, PluginHost, get_host
+from modelport.registry import Registry
+from modelport.trace import Trace
+from modelport.types import ArchitectureChoice, PatchContext, Source, TokenizerSpec, WeightFiles
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Everything decided about a model before any tensor is read.
+
+    Attributes:
+        reference: what the user typed.
+        options: the validated options.
+        source: where the model's files are.
+        config_source: where the config came from (differs with ``hf_config_path``).
+        config_format: the detected or requested config format.
+        hf_config: the final ``transformers.PretrainedConfig`` (overrides and patches applied).
+        hf_text_config: its language-model part (``hf_config`` itself for text-only models).
+        architecture: the chosen implementation.
+        model_impl: the kind of that implementation (``native``, ``transformers``...).
+        dtype: the dtype the model will be built in.
+        max_model_len: the context length (the user's cap, else the model's), or ``None``.
+        tokenizer: what tokenizer will be loaded (``None`` with ``skip_tokenizer_init``).
+        weight_files: which weight files will be read.
+        trace: every decision, who made it, why and how long it took.
+    """
+
+    reference: str
+    options: LoadOptions
+    source: Source
+    config_source: Source
+    config_format: str
+    hf_config: Any
+    hf_text_config: Any
+    architecture: ArchitectureChoice
+    model_impl: str
+    dtype: str
+    max_model_len: int | None
+    tokenizer: TokenizerSpec | None
+    weight_files: WeightFiles
+    trace: Trace = field(compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON shape printed by ``modelport inspect --json`` (see docs/cli.md)."""
+        return {
+            "reference": self.reference,
+            "source": self.source.describe(),
+            "config_source": self.config_source.describe(),
+            "config_format": self.config_format,
+            "architecture": {
+                "name": self.architecture.name,
+                "impl": self.architecture.impl,
+                "target": self.architecture.target,
+                "plugin": self.architecture.plugin,
+            },
+            "model_impl": self.model_impl,
+            "model_type": getattr(self.hf_config, "model_type", None),
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "tokenizer": self.tokenizer.describe() if self.tokenizer else None,
+            "weight_files": self.weight_files.describe(),
+            "options": self.options.to_public_dict(),
+            "trace": self.trace.to_list(),
+        }
+
+
+@dataclass(frozen=True)
+class WeightReport:
+    """How the weights matched the model's parameters.
+
+    Attributes:
+        loaded: names of parameters filled from the weights.
+        missing: parameters that no weight filled.
+        unexpected: weights that matched no parameter.
+    """
+
+    loaded: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A built model with its weights and tokenizer.
+
+    Attributes:
+        resolved: the :class:`ResolvedModel` it was built from.
+        model: the implementation instance.
+        tokenizer: the tokenizer object, or ``None`` with ``skip_tokenizer_init``.
+        weights: how the weights matched the parameters.
+        trace: the resolve trace followed by the load steps.
+    """
+
+    resolved: ResolvedModel
+    model: Any
+    tokenizer: Any
+    weights: WeightReport
+    trace: Trace = field(compare=False)
+
+
+class _Run:
+    """One pipeline run: the host, its registry, the options and the trace."""
+
+    def __init__(self, host: PluginHost, options: LoadOptions) -> None:
+        self.host = host
+        self.options = options
+        self.trace = Trace()
+        self.registry: Registry = host.registry
+
+    def ask(self, step: str, hook: str, describe: Any = None, **kwargs: Any) -> Answer:
+        answer = self.host.call_first(hook, **kwargs)
+        if answer.plugin is not None:
+            decision = describe(answer.value) if describe else str(answer.value)
+            reason = answer.reason or f"first of {len(answer.asked)} plugin(s) asked to answer"
+            self.trace.record(step, answer.plugin, decision, reason, answer.seconds, answer.asked)
+        return answer
+
+    def check_registered(self, option: str, kind: str) -> None:
+        value = getattr(self.options, option)
+        valid = ["auto", *self.registry.names(kind)]
+        if value not in valid:
+            raise InvalidOptionError(option, value, valid)
+
+    def classify(self, step: str, reference: str) -> Source:
+        answer = self.ask(step, "modelport_classify_reference", lambda s: s.location, reference=reference, options=self.options)
+        if answer.value is None:
+            raise ReferenceNotFoundError(
+                reference,
+                "it is not a local path and no installed plugin recognises it "
+                f"(asked: {', '.join(answer.asked) or 'none'}; install modelport-hf for Hugging Face ids)",
+            )
+        source: Source = answer.value
+        return source
+
+
+def resolve(reference: str, *, host: PluginHost | None = None, **options: Any) -> ResolvedModel:
+    """Decide everything about ``reference`` up to the tokenizer and weight files; read no tensor.
+
+    Args:
+        reference: a local path, a repository id or anything an installed plugin recognises.
+        host: the plugin host to use (default: the process-wide one from the environment).
+        **options: any :class:`~modelport.LoadOptions` field; an unknown name is an error.
+
+    Raises:
+        modelport.errors.ModelportError: a typed error naming what was at fault.
+    """
+    opts = LoadOptions.from_kwargs(**options)
+    run = _Run(host or get_host(), opts)
+    return _resolve(run, reference)
+
+
+def _resolve(run: _Run, reference: str) -> ResolvedModel:
+    opts, trace, registry = run.options, run.trace, run.registry
+    run.check_registered("config_format", "config_format")
+    run.check_registered("tokenizer_mode", "tokenizer_mode")
+    run.check_registered("load_format", "load_format")
+
+    source = run.classify("source", reference)
+    config_source = run.classify("config_source", opts.hf_config_path) if opts.hf_config_path else source
+
+    if opts.config_format == "auto":
+        answer = run.ask("format", "modelport_detect_config_format", source=config_source, options=opts)
+        if answer.value is None:
+            files = config_source.list_files()
+            shown = ", ".join(files[:8]) + (", ..." if len(files) > 8 else "")
+            raise UnsupportedFormatError(
+                config_source.location, registry.names("config_format"), f"files: {shown or 'none'}"
+            )
+        config_format = str(answer.value)
+    else:
+        config_format = opts.config_format
+        trace.record("format", "modelport", config_format, "given by config_format option", 0.0)
+
+    answer = run.ask(
+        "config",
+        "modelport_parse_config",
+        lambda c: f"{type(c).__name__} (model_type={getattr(c, 'model_type', None)!r})",
+        source=config_source,
+        config_format=config_format,
+        options=opts,
+        registry=registry,
+    )
+    if answer.value is None:
+        raise UnsupportedFormatError(
+            config_source.location, registry.names("config_format"), f"no installed plugin parses {config_format!r}"
+        )
+    hf_config = answer.value
+
+    if opts.hf_overrides is not None:
+        with trace.timed("overrides", "modelport", "applied hf_overrides", "") as info:
+            before = _snapshot(hf_config)
+            hf_config = apply_overrides(hf_config, opts.hf_overrides)
+            info["reason"] = _changes(before, _snapshot(hf_config))
+
+    context = PatchContext(config_source, config_format, opts)
+    for patch, plugin in registry.patches():
+        start = time.perf_counter()
+        before = _snapshot(hf_config)
+        result = patch.apply(hf_config, context)
+        hf_config = hf_config if result is None else result
+        changed = _changes(before, _snapshot(hf_config))
+        trace.record(f"patch:{patch.name}", plugin, changed, f"phase {int(patch.phase)}", time.perf_counter() - start)
+
+    start = time.perf_counter()
+    hf_text = text_config(hf_config)
+    dtype = resolve_dtype(opts.dtype, hf_config)
+    max_len = resolve_max_model_len(opts.max_model_len, hf_text)
+    trace.record(
+        "facts", "modelport", f"dtype={dtype}, max_model_len={max_len}",
+        "dtype from option or checkpoint; length from config keys, capped by max_model_len",
+        time.perf_counter() - start,
+    )
+
+    answer = run.ask(
+        "architecture",
+        "modelport_select_architecture",
+        lambda c: f"{c.name} ({c.impl}: {c.target})",
+        hf_config=hf_config,
+        model_impl=opts.model_impl,
+        registry=registry,
+    )
+    if answer.value is None:
+        other = [m for m in ("native", "transformers") if m != opts.model_impl and opts.model_impl != "auto"]
+        hint = (
+            f"try model_impl={other[0]!r}" if other else
+            "install a plugin that implements it (modelport-transformers serves any architecture transformers knows)"
+        )
+        raise UnsupportedArchitectureError(
+            getattr(hf_config, "architectures", None) or [], opts.model_impl, registry.names("architecture"), hint
+        )
+    architecture: ArchitectureChoice = answer.value
+    if not architecture.plugin:
+        architecture = ArchitectureChoice(
+            architecture.name, architecture.impl, architecture.target, answer.plugin or "", answer.reason
+        )
+
+    tokenizer: TokenizerSpec | None = None
+    if opts.skip_tokenizer_init:
+        trace.record("tokenizer", "modelport", "skipped", "skip_tokenizer_init=True", 0.0)
+    else:
+        tok_source = run.classify("tokenizer_source", opts.tokenizer) if opts.tokenizer else source
+        answer = run.ask(
+            "tokenizer",
+            "modelport_resolve_tokenizer",
+            lambda t: f"{t.mode}: {', '.join(t.files) or t.source.location}",
+            source=tok_source,
+            hf_config=hf_config,
+            options=opts,
+        )
+        if answer.value is None:
+            raise TokenizerError(
+                tok_source.location,
+                f"no installed plugin found a tokenizer for tokenizer_mode={opts.tokenizer_mode!r} "
+                f"(modes: {', '.join(registry.names('tokenizer_mode')) or 'none'}); "
+                "pass skip_tokenizer_init=True to go without one",
+            )
+        tokenizer = answer.value
+
+    answer = run.ask(
+        "weights",
+        "modelport_select_weight_files",
+        lambda w: f"{w.load_format}: {len(w.files)} file(s)" + (f" via {w.index_file}" if w.index_file else ""),
+        source=source,
+        config_format=config_format,
+        hf_config=hf_config,
+        options=opts,
+    )
+    if answer.value is None:
+        raise WeightsMissingError(
+            source.location,
+            f"no weight files found for load_format={opts.load_format!r}; "
+            f"registered load formats: {', '.join(registry.names('load_format')) or 'none'}",
+        )
+    weight_files: WeightFiles = answer.value
+
+    return ResolvedModel(
+        reference=reference,
+        options=opts,
+        source=source,
+        config_source=config_source,
+        config_format=config_format,
+        hf_config=hf_config,
+        hf_text_config=hf_text,
+        architecture=architecture,
+        model_impl=architecture.impl,
+        dtype=dtype,
+        max_model_len=max_len,
+        tokenizer=tokenizer,
+        weight_files=weight_files,
+        trace=trace,
+    )
+
+
+def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> LoadedModel:
+    """Resolve ``reference``, build its model, stream its weights in, load its tokenizer.
+
+    Accepts the same arguments as :func:`resolve`. The model class named by the
+    chosen architecture is built with ``from_config(hf_config, dtype=..., device=...)``
+    and filled by ``load_weights(iterator)``, which returns a
+    :class:`WeightReport` of parameters no weight filled and weights no
+    parameter took.
+    """
+    opts = LoadOptions.from_kwargs(**options)
+    run = _Run(host or get_host(), opts)
+    resolved = _resolve(run, reference)
+    trace = run.trace
+
+    with trace.timed("model", resolved.architecture.plugin, resolved.architecture.target, "") as info:
+        cls = run.registry.load(resolved.architecture.target)
+        model = cls.from_config(resolved.hf_config, dtype=resolved.dtype, device=opts.device)
+        info["reason"] = f"built on {opts.device} in {resolved.dtype}"
+
+    answer = run.ask(
+        "weights_reader",
+        "modelport_iter_weights",
+        lambda _: f"reading {resolved.weight_files.load_format}",
+        weights=resolved.weight_files,
+        hf_config=resolved.hf_config,
+        options=opts,
+    )
+    if answer.value is None:
+        raise WeightsMissingError(
+            resolved.source.location,
+            f"no installed plugin reads load_format={resolved.weight_files.load_format!r}",
+        )
+    with trace.timed("load_weights", resolved.architecture.plugin, "", "") as info:
+        report = model.load_weights(_checked(answer.value))
+        if not isinstance(report, WeightReport):
+            report = WeightReport()
+        info["decision"] = (
+            f"{len(report.loaded)} loaded, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
+        )
+
+    tokenizer = None
+    if resolved.tokenizer is not None:
+        answer = run.ask(
+            "tokenizer_load",
+            "modelport_load_tokenizer",
+            lambda t: type(t).__name__,
+            spec=resolved.tokenizer,
+            options=opts,
+        )
+        if answer.value is None:
+            raise TokenizerError(resolved.tokenizer.source.location, f"no plugin loads mode {resolved.tokenizer.mode!r}")
+        tokenizer = answer.value
+
+    return LoadedModel(resolved, model, tokenizer, report, trace)
+
+
+def _checked(weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    for item in weights:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise ModelportError(f"a weights reader yielded {type(item).__name__}, expected (name, tensor)")
+        yield item
+
+
+def _snapshot(hf_config: Any) -> dict[str, Any]:
+    to_dict = getattr(hf_config, "to_dict", None)
+    data = to_dict() if callable(to_dict) else dict(vars(hf_config))
+    return copy.deepcopy(data)
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
+    return ("changed " + ", ".join(keys)) if keys else "no change"
+
+
+_MISSING = object()

@@ -1,0 +1,138 @@
+"""The registry: everything plugins registered through "register many" hooks.
+
+It is built once per :class:`~modelport.plugins.PluginHost` (rebuilt when a
+plugin is added or removed) by calling every register hook, one plugin at a
+time, with a ``register`` callback that records the plugin's name. Entries that
+name code hold ``"module:Class"`` strings, imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+from modelport.errors import PluginError
+from modelport.types import ConfigPatch, RegistryEntry
+
+
+def import_target(target: str) -> Any:
+    """Import ``"package.module:Attribute"`` and return the attribute.
+
+    Raises:
+        PluginError: the module or attribute does not exist, or the string is malformed.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise PluginError(target, "expected a 'module:Class' string")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(target, f"cannot import module {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise PluginError(target, f"module {module_name!r} has no attribute {attr!r}") from exc
+    return obj
+
+
+def _check_target(plugin: str, kind: str, name: str, target: object) -> str:
+    if not isinstance(target, str) or target.count(":") != 1 or target.startswith(":") or target.endswith(":"):
+        raise PluginError(plugin, f"{kind} {name!r}: target must be a 'module:Class' string, got {target!r}")
+    return target
+
+
+class Registry:
+    """What every plugin registered, by kind, in registration order."""
+
+    def __init__(self) -> None:
+        self.entries: list[RegistryEntry] = []
+        self._patches: list[tuple[ConfigPatch, str]] = []
+        self._imported: dict[str, Any] = {}
+
+    # --- building -----------------------------------------------------------------
+
+    def registrar(self, kind: str, plugin: str) -> Any:
+        """The ``register`` callback handed to ``plugin``'s register hook for ``kind``."""
+        if kind == "config_patch":
+
+            def register_patch(patch: ConfigPatch) -> None:
+                if not isinstance(patch, ConfigPatch):
+                    raise PluginError(plugin, f"register() for config patches takes a ConfigPatch, got {patch!r}")
+                if not callable(patch.apply):
+                    raise PluginError(plugin, f"config patch {patch.name!r}: apply is not callable")
+                self._patches.append((patch, plugin))
+                self.entries.append(
+                    RegistryEntry(kind, patch.name, plugin, None, patch.description, {"phase": int(patch.phase)})
+                )
+
+            return register_patch
+        if kind == "config_class":
+
+            def register_config_class(model_type: str, target: str, description: str = "") -> None:
+                _check_target(plugin, "config class", model_type, target)
+                self.entries.append(RegistryEntry(kind, model_type, plugin, target, description))
+
+            return register_config_class
+        if kind == "architecture":
+
+            def register_architecture(name: str, target: str, impl: str = "native", description: str = "") -> None:
+                _check_target(plugin, "architecture", name, target)
+                self.entries.append(RegistryEntry(kind, name, plugin, target, description, {"impl": impl}))
+
+            return register_architecture
+
+        def register_name(name: str, description: str = "") -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(plugin, f"{kind} name must be a non-empty string, got {name!r}")
+            self.entries.append(RegistryEntry(kind, name, plugin, None, description))
+
+        return register_name
+
+    # --- queries ------------------------------------------------------------------
+
+    def of_kind(self, kind: str) -> list[RegistryEntry]:
+        """Entries of one kind, in registration order."""
+        return [e for e in self.entries if e.kind == kind]
+
+    def names(self, kind: str) -> list[str]:
+        """Distinct names of one kind, sorted."""
+        return sorted({e.name for e in self.entries if e.kind == kind})
+
+    def by_plugin(self, plugin: str) -> list[RegistryEntry]:
+        """Everything ``plugin`` registered."""
+        return [e for e in self.entries if e.plugin == plugin]
+
+    def lookup(self, kind: str, name: str) -> RegistryEntry | None:
+        """The first entry of ``kind`` named ``name`` (first registered wins), or ``None``."""
+        for e in self.entries:
+            if e.kind == kind and e.name == name:
+                return e
+        return None
+
+    def architectures(self, name: str) -> list[RegistryEntry]:
+        """Every implementation registered for architecture ``name``."""
+        return [e for e in self.entries if e.kind == "architecture" and e.name == name]
+
+    def config_class(self, model_type: str) -> type | None:
+        """The config class registered for ``model_type``, imported now, or ``None``."""
+        entry = self.lookup("config_class", model_type)
+        if entry is None or entry.target is None:
+            return None
+        cls: type = self.load(entry.target)
+        return cls
+
+    def load(self, target: str) -> Any:
+        """Import a ``"module:Class"`` target once and cache it."""
+        if target not in self._imported:
+            self._imported[target] = import_target(target)
+        return self._imported[target]
+
+    def patches(self) -> list[tuple[ConfigPatch, str]]:
+        """``(patch, plugin)`` pairs in run order: by phase, then registration order."""
+        return sorted(self._patches, key=lambda item: int(item[0].phase))
+
+    def extend(self, entries: Iterable[RegistryEntry]) -> None:
+        """Add entries directly (used by tests and integrators building a registry by hand)."""
+        self.entries.extend(entries)

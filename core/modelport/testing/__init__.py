@@ -1,0 +1,30 @@
+"""Testing kit for modelport and its plugins.
+
+Use it from pytest (the ``modelport`` pytest plugin is registered by the
+``modelport`` distribution, so its fixtures are available everywhere) or call
+the builders directly:
+
+* :func:`make_tiny_model` writes a tiny Hugging Face model folder: config.json
+  through ``save_pretrained``, a real BPE tokenizer trained with ``tokenizers``,
+  and random safetensors weights.
+* :func:`make_plugin_distribution` writes a throwaway installed distribution
+  with a ``modelport.plugins`` entry point, visible to ``importlib.metadata``.
+* :func:`isolated_host` builds a :class:`~modelport.plugins.PluginHost` that sees
+  only built-ins and the plugins named.
+"""
+
+from __future__ import annotations
+
+from modelport.testing.distributions import PluginDistribution, make_plugin_distribution
+from modelport.testing.hosts import isolated_host, registered_plugin
+from modelport.testing.models import TINY_ARCHITECTURES, make_tiny_model, make_tokenizer
+
+__all__ = [
+    "TINY_ARCHITECTURES",
+    "PluginDistribution",
+    "isolated_host",
+    "make_plugin_distribution",
+    "make_tiny_model",
+    "make_tokenizer",
+    "registered_plugin",
+]

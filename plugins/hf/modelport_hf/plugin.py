@@ -1,0 +1,117 @@
+"""Hook implementations of modelport-hf.
+
+Heavy imports (transformers, safetensors, torch) happen inside hook bodies so
+that ``modelport plugins`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from modelport.hookspecs import hookimpl
+from modelport.options import LoadOptions
+from modelport.registry import Registry
+from modelport.types import Decision, Source, TokenizerSpec, WeightFiles
+
+from modelport_hf import config as hf_config_module
+from modelport_hf import weights as hf_weights
+
+#: Files that make up a Hugging Face tokenizer, in the order they are listed.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+)
+
+
+@hookimpl
+def modelport_register_config_formats(register: Callable[..., None]) -> None:
+    """``hf``: a folder with config.json."""
+    register("hf", "Hugging Face config.json")
+
+
+@hookimpl
+def modelport_detect_config_format(source: Source, options: LoadOptions) -> Decision[str] | None:
+    """``hf`` when the source has config.json."""
+    if source.primary_file is None and source.exists("config.json"):
+        return Decision("hf", "config.json present")
+    return None
+
+
+@hookimpl
+def modelport_parse_config(source: Source, config_format: str, options: LoadOptions, registry: Registry) -> Any:
+    """Read config.json into a ``PretrainedConfig`` (registry by model_type first, then AutoConfig)."""
+    if config_format != "hf":
+        return None
+    return hf_config_module.parse_config(source, options, registry)
+
+
+@hookimpl
+def modelport_register_tokenizer_modes(register: Callable[..., None]) -> None:
+    """``hf`` (fast when available) and ``slow`` (the Python tokenizer)."""
+    register("hf", "AutoTokenizer, fast tokenizer when available")
+    register("slow", "AutoTokenizer with use_fast=False")
+
+
+@hookimpl
+def modelport_resolve_tokenizer(source: Source, hf_config: Any, options: LoadOptions) -> Decision[TokenizerSpec] | None:
+    """The Hugging Face tokenizer files present in ``source``."""
+    if options.tokenizer_mode not in ("auto", "hf", "slow"):
+        return None
+    present = tuple(f for f in TOKENIZER_FILES if source.exists(f))
+    if not present:
+        return None
+    mode = "slow" if options.tokenizer_mode == "slow" else "hf"
+    return Decision(TokenizerSpec(mode, source, present), f"tokenizer files found: {', '.join(present)}")
+
+
+@hookimpl
+def modelport_load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any:
+    """``AutoTokenizer.from_pretrained`` on the spec's files."""
+    if spec.mode not in ("hf", "slow"):
+        return None
+    from transformers import AutoTokenizer
+
+    folder = spec.source.fetch_many(spec.files)[spec.files[0]].parent
+    return AutoTokenizer.from_pretrained(
+        folder, use_fast=spec.mode != "slow", trust_remote_code=options.trust_remote_code
+    )
+
+
+@hookimpl
+def modelport_register_load_formats(register: Callable[..., None]) -> None:
+    """``safetensors``, ``pt`` and ``dummy``."""
+    register("safetensors", "*.safetensors, memory-mapped, streamed tensor by tensor")
+    register("pt", "*.bin / *.pt PyTorch checkpoints, loaded with weights_only=True")
+    register("dummy", "no weight files; parameters keep their random initialisation")
+
+
+@hookimpl
+def modelport_select_weight_files(
+    source: Source, config_format: str, hf_config: Any, options: LoadOptions
+) -> Decision[WeightFiles] | None:
+    """Safetensors first (only the shards the index names), ``.bin``/``.pt`` as fallback, none for dummy."""
+    if options.load_format == "dummy":
+        return Decision(WeightFiles("dummy", source), "load_format=dummy reads no file")
+    if config_format != "hf" or options.load_format not in ("auto", "safetensors", "pt"):
+        return None
+    return hf_weights.select_files(source, options.load_format)
+
+
+@hookimpl
+def modelport_iter_weights(weights: WeightFiles, hf_config: Any, options: LoadOptions) -> Any:
+    """Stream ``(name, tensor)`` from safetensors or ``.bin`` files; nothing for dummy."""
+    if weights.load_format == "dummy":
+        return iter(())
+    if weights.load_format == "safetensors":
+        return hf_weights.iter_safetensors(weights)
+    if weights.load_format == "pt":
+        return hf_weights.iter_pt(weights)
+    return None

@@ -1,0 +1,105 @@
+"""Choosing and streaming Hugging Face weight files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from modelport.errors import WeightsCorruptError, WeightsMissingError
+from modelport.types import Decision, Source, WeightFiles
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PT_INDEX = "pytorch_model.bin.index.json"
+#: ``.bin``/``.pt`` files that are not model weights (vLLM skips the same).
+NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
+
+
+def _shards_from_index(source: Source, index: str) -> tuple[str, ...]:
+    path = source.fetch(index)
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+        shards = tuple(sorted(set(weight_map.values())))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise WeightsCorruptError(str(path), f"not a valid shard index ({type(exc).__name__}: {exc})") from exc
+    missing = [s for s in shards if not source.exists(s)]
+    if missing:
+        raise WeightsMissingError(str(path), f"names shards that are absent: {', '.join(missing)}")
+    return shards
+
+
+def _top_level(files: list[str], suffixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in files if "/" not in f and f.endswith(suffixes) and f not in NOT_WEIGHTS)
+
+
+def _safetensors(source: Source) -> WeightFiles | None:
+    if source.exists(SAFETENSORS_INDEX):
+        shards = _shards_from_index(source, SAFETENSORS_INDEX)
+        return WeightFiles("safetensors", source, shards, SAFETENSORS_INDEX)
+    files = _top_level(source.list_files(), (".safetensors",))
+    return WeightFiles("safetensors", source, files) if files else None
+
+
+def _pt(source: Source) -> WeightFiles | None:
+    if source.exists(PT_INDEX):
+        return WeightFiles("pt", source, _shards_from_index(source, PT_INDEX), PT_INDEX)
+    listed = source.list_files()
+    files = _top_level(listed, (".bin",)) or _top_level(listed, (".pt", ".pth"))
+    return WeightFiles("pt", source, files) if files else None
+
+
+def select_files(source: Source, load_format: str) -> Decision[WeightFiles]:
+    """Weight files for ``load_format`` (``auto``: safetensors first, ``.bin``/``.pt`` as fallback).
+
+    Raises:
+        WeightsMissingError: no file of the requested kind.
+    """
+    if load_format in ("auto", "safetensors"):
+        found = _safetensors(source)
+        if found is not None:
+            how = f"shards named by {found.index_file}" if found.index_file else "*.safetensors files"
+            return Decision(found, f"{how} (safetensors are preferred)")
+        if load_format == "safetensors":
+            raise WeightsMissingError(source.location, "no *.safetensors files (load_format='safetensors')")
+    found = _pt(source)
+    if found is not None:
+        reason = "no safetensors; PyTorch checkpoint fallback" if load_format == "auto" else "load_format='pt'"
+        return Decision(found, reason)
+    raise WeightsMissingError(
+        source.location,
+        f"no weight files for load_format={load_format!r} (looked for *.safetensors, *.bin, *.pt); "
+        "use load_format='dummy' for random weights",
+    )
+
+
+def iter_safetensors(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
+    """Yield every tensor of every file, memory-mapped, one at a time."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in weights.files:
+        path = weights.source.fetch(name)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is no mapping
+                    yield key, handle.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsCorruptError(str(path), f"cannot read safetensors ({exc})") from exc
+
+
+def iter_pt(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
+    """Yield every tensor of every ``.bin``/``.pt`` file, unpickled with ``weights_only=True``."""
+    import pickle
+
+    import torch
+
+    for name in weights.files:
+        path = weights.source.fetch(name)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            raise WeightsCorruptError(
+                str(path), f"cannot load it with weights_only=True ({type(exc).__name__}: {str(exc)[:300]})"
+            ) from exc
+        if not isinstance(state, dict):
+            raise WeightsCorruptError(str(path), f"expected a state dict, found {type(state).__name__}")
+        yield from state.items()

@@ -1,0 +1,3 @@
+"""modelport-transformers: the Transformers backend for modelport."""
+
+__version__ = "0.1.0"
