@@ -39,7 +39,30 @@ _LAZY = {
     "errors": "modelport.errors",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "ArchitectureChoice",
+    "ConfigPatch",
+    "Decision",
+    "LoadOptions",
+    "LoadedModel",
+    "LocalSource",
+    "PatchContext",
+    "PatchPhase",
+    "PluginHost",
+    "ResolvedModel",
+    "Source",
+    "TokenizerSpec",
+    "Trace",
+    "TraceStep",
+    "WeightFiles",
+    "WeightReport",
+    "__version__",
+    "errors",
+    "get_host",
+    "hookimpl",
+    "load",
+    "resolve",
+]
 
 if TYPE_CHECKING:
     from modelport import errors

@@ -117,8 +117,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ("architecture", f"{arch.name} ({arch.impl}, {arch.target}, from {arch.plugin})"),
         ("dtype", resolved.dtype),
         ("max model len", str(resolved.max_model_len)),
-        ("tokenizer", "skipped" if resolved.tokenizer is None else
-         f"{resolved.tokenizer.mode}: {', '.join(resolved.tokenizer.files)}"),
+        (
+            "tokenizer",
+            "skipped"
+            if resolved.tokenizer is None
+            else f"{resolved.tokenizer.mode}: {', '.join(resolved.tokenizer.files)}",
+        ),
         ("weights", f"{resolved.weight_files.load_format}: {', '.join(resolved.weight_files.files) or '(none)'}"),
     ]
     width = max(len(k) for k, _ in rows)

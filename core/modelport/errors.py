@@ -45,12 +45,12 @@ class UnknownOptionError(InvalidOptionError):
 
 
 class PluginError(ModelportError):
-    """A plugin failed to import, validate or register (fatal only in strict mode)."""
+    """A plugin failed to import, validate or register (fatal only in strict mode), or broke a hook's contract."""
 
     def __init__(self, plugin: str, reason: str) -> None:
         self.plugin = plugin
         self.reason = reason
-        super().__init__(f"plugin {plugin!r} could not be loaded: {reason}")
+        super().__init__(f"plugin {plugin!r}: {reason}")
 
 
 class ReferenceNotFoundError(ModelportError):
@@ -109,7 +109,9 @@ class RemoteCodeRequiredError(ModelportError):
 class UnsupportedArchitectureError(ModelportError):
     """No registered implementation serves the config's architectures."""
 
-    def __init__(self, architectures: Iterable[str], model_impl: str, registered: Iterable[str], hint: str = "") -> None:
+    def __init__(
+        self, architectures: Iterable[str], model_impl: str, registered: Iterable[str], hint: str = ""
+    ) -> None:
         self.architectures = list(architectures)
         self.model_impl = model_impl
         self.registered = sorted(set(registered))

@@ -97,7 +97,9 @@ def apply_overrides(hf_config: Any, overrides: Mapping[str, Any] | Any) -> Any:
     if callable(overrides) and not isinstance(overrides, Mapping):
         result = overrides(hf_config)
         if result is None:
-            raise InvalidOptionError("hf_overrides", overrides, detail="the callable returned None instead of the config")
+            raise InvalidOptionError(
+                "hf_overrides", overrides, detail="the callable returned None instead of the config"
+            )
         return result
     _merge(hf_config, overrides)
     return hf_config

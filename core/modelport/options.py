@@ -89,20 +89,26 @@ class LoadOptions:
             raise InvalidOptionError("offline", self.offline, detail="expected True, False or None")
         if self.token is not None and not isinstance(self.token, (str, bool)):
             # The value itself is a secret: name its type only.
-            raise InvalidOptionError("token", type(self.token).__name__, detail="expected a string, True, False or None")
+            raise InvalidOptionError(
+                "token", type(self.token).__name__, detail="expected a string, True, False or None"
+            )
         if self.model_impl not in MODEL_IMPLS:
             raise InvalidOptionError("model_impl", self.model_impl, MODEL_IMPLS)
         if self.dtype not in DTYPES:
             raise InvalidOptionError("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
-            raise InvalidOptionError("device", self.device, detail="expected a device name such as 'cpu', 'cuda' or 'cuda:1'")
+            raise InvalidOptionError(
+                "device", self.device, detail="expected a device name such as 'cpu', 'cuda' or 'cuda:1'"
+            )
         if self.max_model_len is not None and (
             isinstance(self.max_model_len, bool) or not isinstance(self.max_model_len, int) or self.max_model_len <= 0
         ):
             raise InvalidOptionError("max_model_len", self.max_model_len, detail="expected a positive integer or None")
         overrides = self.hf_overrides
         if overrides is not None and not (isinstance(overrides, Mapping) or callable(overrides)):
-            raise InvalidOptionError("hf_overrides", overrides, detail="expected a dict or a callable taking and returning the config")
+            raise InvalidOptionError(
+                "hf_overrides", overrides, detail="expected a dict or a callable taking and returning the config"
+            )
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from typing import Any
 from modelport.errors import (
     InvalidOptionError,
     ModelportError,
+    PluginError,
     ReferenceNotFoundError,
     TokenizerError,
     UnsupportedArchitectureError,
@@ -143,7 +144,11 @@ class _Run:
         answer = self.host.call_first(hook, **kwargs)
         if answer.plugin is not None:
             decision = describe(answer.value) if describe else str(answer.value)
-            reason = answer.reason or f"first of {len(answer.asked)} plugin(s) asked to answer"
+            reason = (
+                answer.reason
+                or getattr(answer.value, "reason", "")
+                or f"first of {len(answer.asked)} plugin(s) asked to answer"
+            )
             self.trace.record(step, answer.plugin, decision, reason, answer.seconds, answer.asked)
         return answer
 
@@ -154,7 +159,9 @@ class _Run:
             raise InvalidOptionError(option, value, valid)
 
     def classify(self, step: str, reference: str) -> Source:
-        answer = self.ask(step, "modelport_classify_reference", lambda s: s.location, reference=reference, options=self.options)
+        answer = self.ask(
+            step, "modelport_classify_reference", lambda s: s.location, reference=reference, options=self.options
+        )
         if answer.value is None:
             raise ReferenceNotFoundError(
                 reference,
@@ -229,6 +236,8 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
         start = time.perf_counter()
         before = _snapshot(hf_config)
         result = patch.apply(hf_config, context)
+        if result is not None and not callable(getattr(result, "to_dict", None)):
+            raise PluginError(plugin, f"config patch {patch.name!r} returned {type(result).__name__}, not a config")
         hf_config = hf_config if result is None else result
         changed = _changes(before, _snapshot(hf_config))
         trace.record(f"patch:{patch.name}", plugin, changed, f"phase {int(patch.phase)}", time.perf_counter() - start)
@@ -238,7 +247,9 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     dtype = resolve_dtype(opts.dtype, hf_config)
     max_len = resolve_max_model_len(opts.max_model_len, hf_text)
     trace.record(
-        "facts", "modelport", f"dtype={dtype}, max_model_len={max_len}",
+        "facts",
+        "modelport",
+        f"dtype={dtype}, max_model_len={max_len}",
         "dtype from option or checkpoint; length from config keys, capped by max_model_len",
         time.perf_counter() - start,
     )
@@ -254,8 +265,10 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     if answer.value is None:
         other = [m for m in ("native", "transformers") if m != opts.model_impl and opts.model_impl != "auto"]
         hint = (
-            f"try model_impl={other[0]!r}" if other else
-            "install a plugin that implements it (modelport-transformers serves any architecture transformers knows)"
+            f"try model_impl={other[0]!r}"
+            if other
+            else "install a plugin that implements it "
+            "(modelport-transformers serves any architecture transformers knows)"
         )
         raise UnsupportedArchitectureError(
             getattr(hf_config, "architectures", None) or [], opts.model_impl, registry.names("architecture"), hint
@@ -373,7 +386,9 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             options=opts,
         )
         if answer.value is None:
-            raise TokenizerError(resolved.tokenizer.source.location, f"no plugin loads mode {resolved.tokenizer.mode!r}")
+            raise TokenizerError(
+                resolved.tokenizer.source.location, f"no plugin loads mode {resolved.tokenizer.mode!r}"
+            )
         tokenizer = answer.value
 
     return LoadedModel(resolved, model, tokenizer, report, trace)

@@ -200,7 +200,7 @@ class PluginHost:
     def _fail(self, name: str, distribution: str, version: str, error: str) -> None:
         failure = PluginFailure(name, distribution, version, error)
         if self.strict:
-            raise PluginError(name, f"{error} (distribution {distribution} {version})".rstrip())
+            raise PluginError(name, f"could not be loaded: {error} (distribution {distribution} {version})".rstrip())
         self.failures.append(failure)
         warnings.warn(
             f"modelport: plugin {name!r} from distribution {distribution} {version} was skipped: {error}",
@@ -233,11 +233,7 @@ class PluginHost:
         except (ValueError, pluggy.PluginValidationError) as exc:
             self._reject(name, distribution, version, str(exc), builtin)
             return False
-        unknown = [
-            impl_name
-            for impl_name in _hookimpl_names(plugin)
-            if not hasattr(hookspecs, impl_name)
-        ]
+        unknown = [impl_name for impl_name in _hookimpl_names(plugin) if not hasattr(hookspecs, impl_name)]
         if unknown:
             self.pm.unregister(name=name)
             hints = []
@@ -253,7 +249,7 @@ class PluginHost:
 
     def _reject(self, name: str, distribution: str, version: str, error: str, builtin: bool) -> None:
         if builtin:
-            raise PluginError(name, error)
+            raise PluginError(name, f"could not be loaded: {error}")
         self._fail(name, distribution, version, error)
 
     def unregister(self, name: str) -> None:

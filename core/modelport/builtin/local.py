@@ -31,9 +31,7 @@ def modelport_classify_reference(reference: str, options: LoadOptions) -> Decisi
     if path.is_dir():
         return Decision(LocalSource(path, reference), "an existing local folder")
     if path.is_file():
-        return Decision(
-            LocalSource(path.parent, reference, primary_file=path.name), "an existing local file"
-        )
+        return Decision(LocalSource(path.parent, reference, primary_file=path.name), "an existing local file")
     if _looks_like_path(reference):
         raise ReferenceNotFoundError(reference, f"no such file or folder: {path.resolve()}")
     return None

@@ -53,7 +53,7 @@ def make_tokenizer(path: Path, vocab_size: int = 384, text: str = _TRAINING_TEXT
         show_progress=False,
     )
     tokenizer.train_from_iterator([text], trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", chat_template=CHAT_TEMPLATE
     )
     path.mkdir(parents=True, exist_ok=True)
@@ -84,8 +84,12 @@ def make_tiny_model(
     Args:
         path: the folder to create (may exist).
         architecture: a key of :data:`TINY_ARCHITECTURES`.
-        hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
-        intermediate_size, max_position_embeddings: the usual config fields.
+        hidden_size: width of the model.
+        num_hidden_layers: number of decoder layers.
+        num_attention_heads: attention heads per layer.
+        num_key_value_heads: key/value heads per layer (grouped-query attention when fewer).
+        intermediate_size: width of the MLP.
+        max_position_embeddings: the context length the config states.
         vocab_size: defaults to the tokenizer's size (384 without a tokenizer).
         dtype: the dtype the weights are saved in (``config.dtype``).
         tokenizer: also write tokenizer files.

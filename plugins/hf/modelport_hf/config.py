@@ -101,7 +101,9 @@ def parse_config(source: Source, options: LoadOptions, registry: Registry) -> An
             revision=options.code_revision or options.revision if options.trust_remote_code else None,
         )
     except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
-        raise InvalidConfigError(where, f"transformers could not build the config: {type(exc).__name__}: {exc}") from exc
+        raise InvalidConfigError(
+            where, f"transformers could not build the config: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(overrides, Mapping):
         # AutoConfig re-read the file, so carry the scalar overrides over explicitly.
         for key, value in overrides.items():

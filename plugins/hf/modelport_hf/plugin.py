@@ -13,7 +13,6 @@ from modelport.hookspecs import hookimpl
 from modelport.options import LoadOptions
 from modelport.registry import Registry
 from modelport.types import Decision, Source, TokenizerSpec, WeightFiles
-
 from modelport_hf import config as hf_config_module
 from modelport_hf import weights as hf_weights
 

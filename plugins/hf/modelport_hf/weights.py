@@ -80,7 +80,7 @@ def iter_safetensors(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
         path = weights.source.fetch(name)
         try:
             with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 - safe_open is no mapping
+                for key in handle.keys():
                     yield key, handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsCorruptError(str(path), f"cannot read safetensors ({exc})") from exc

@@ -47,8 +47,10 @@ class TransformersModel:
                 target.copy_(tensor)
                 loaded.add(name)
         tied = {
-            name for name in state
-            if name not in loaded and getattr(self.module.config, "tie_word_embeddings", False)
+            name
+            for name in state
+            if name not in loaded
+            and getattr(self.module.config, "tie_word_embeddings", False)
             and name.endswith("lm_head.weight")
         }
         missing = sorted(n for n in dict(self.module.named_parameters()) if n not in loaded and n not in tied)

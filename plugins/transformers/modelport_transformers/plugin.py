@@ -22,7 +22,9 @@ def _transformers_has(name: str) -> bool:
 
 
 @hookimpl(trylast=True)
-def modelport_select_architecture(hf_config: Any, model_impl: str, registry: Registry) -> Decision[ArchitectureChoice] | None:
+def modelport_select_architecture(
+    hf_config: Any, model_impl: str, registry: Registry
+) -> Decision[ArchitectureChoice] | None:
     """Serve an architecture transformers implements when no native implementation is registered.
 
     With ``model_impl="auto"`` it steps aside whenever core's registry has a
@@ -31,9 +33,7 @@ def modelport_select_architecture(hf_config: Any, model_impl: str, registry: Reg
     if model_impl not in ("auto", "transformers"):
         return None
     names = list(getattr(hf_config, "architectures", None) or [])
-    if model_impl == "auto" and any(
-        e.extra.get("impl") == "native" for n in names for e in registry.architectures(n)
-    ):
+    if model_impl == "auto" and any(e.extra.get("impl") == "native" for n in names for e in registry.architectures(n)):
         return None
     for name in names:
         if _transformers_has(name):
