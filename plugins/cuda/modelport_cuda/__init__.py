@@ -1,0 +1,3 @@
+"""modelport-cuda: a CUDA executor for modelport (a skeleton for now)."""
+
+__version__ = "0.1.0"
