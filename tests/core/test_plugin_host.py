@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import pytest
+from toy_model import ToyArchitectures, ToyFormat
 
 import modelport
 from modelport.errors import PluginError
@@ -49,8 +50,6 @@ def test_third_party_distribution_changes_the_pipeline_result(plugin_distributio
     plugin_distribution("modelport-capper", PATCH_PLUGIN, version="1.2.3")
     _allow(monkeypatch, "modelport-capper")
     host = get_host()
-    from conftest import ToyArchitectures, ToyFormat
-
     with host.plugin(ToyFormat(), "toy-format"), host.plugin(ToyArchitectures(), "toy-arch"):
         resolved = modelport.resolve(str(folder))
     assert resolved.max_model_len == 128
