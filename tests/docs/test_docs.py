@@ -1,0 +1,647 @@
+"""Meta-tests that keep docs/ honest about the code.
+
+Whatever the code grows (a hook, an option, an error class, an environment
+variable, a CLI flag) must show up in the documentation, or these tests fail.
+The worked example plugin is run for real, and the site must build in strict
+mode. Heavy imports (transformers, torch) happen only inside the tests that
+need them, because this module is collected with the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelport import hookspecs
+from modelport.hookspecs import hookimpl
+from modelport.types import WeightFiles
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+PAGES = DOCS / "src"
+EXAMPLE = DOCS / "examples" / "modelport-toml-config"
+EXAMPLE_MODEL = EXAMPLE / "example-model"
+
+
+def _hook_names() -> list[str]:
+    return sorted(
+        name for name, value in vars(hookspecs).items() if name.startswith("modelport_") and inspect.isfunction(value)
+    )
+
+
+HOOKS = _hook_names()
+
+
+# --- reading markdown ---------------------------------------------------------
+
+
+def page(name: str) -> str:
+    return (PAGES / name).read_text(encoding="utf-8")
+
+
+def _outside_fences(text: str) -> Iterator[str]:
+    """Lines that are not inside a fenced code block (a ``# comment`` there is no heading)."""
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            yield line
+
+
+def headings(text: str) -> list[str]:
+    return [m.group(2).strip() for line in _outside_fences(text) if (m := re.match(r"(#{1,6}) (.+)$", line))]
+
+
+def section(text: str, title: str) -> str:
+    """The text under heading ``title`` up to the next heading of the same or a higher level."""
+    lines = text.splitlines()
+    fenced = False
+    start = level = None
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not (m := re.match(r"(#{1,6}) (.+)$", line)):
+            continue
+        if start is None and m.group(2).strip() == title:
+            start, level = i + 1, len(m.group(1))
+        elif start is not None and level is not None and len(m.group(1)) <= level:
+            return "\n".join(lines[start:i])
+    if start is None:
+        raise AssertionError(f"no heading {title!r}")
+    return "\n".join(lines[start:])
+
+
+def code_blocks(text: str) -> list[tuple[str, str, str | None]]:
+    """``(language, code, marker)`` for each fenced block; ``marker`` is an HTML comment on the line before."""
+    blocks = []
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        m = re.match(r"```(\w*)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        previous = lines[i - 1].strip() if i else ""
+        marker = re.fullmatch(r"<!-- (.+?) -->", previous)
+        end = i + 1
+        while not lines[end].startswith("```"):
+            end += 1
+        blocks.append((m.group(1), "".join(lines[i + 1 : end]), marker.group(1) if marker else None))
+        i = end + 1
+    return blocks
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every markdown table body row (header and separator rows left out)."""
+    lines = list(_outside_fences(text))
+    rows = []
+    for i, line in enumerate(lines):
+        is_separator = re.fullmatch(r"\|[-:| ]+\|", line.strip()) is not None
+        next_is_separator = i + 1 < len(lines) and re.fullmatch(r"\|[-:| ]+\|", lines[i + 1].strip()) is not None
+        if line.startswith("|") and not is_separator and not next_is_separator:
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def backticked(cell: str) -> str | None:
+    m = re.fullmatch(r"`([^`]+)`", cell)
+    return m.group(1) if m else None
+
+
+# --- hooks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_section_in_the_hook_reference(hook):
+    assert hook in headings(page("hooks.md")), f"docs/src/hooks.md has no '## {hook}' section"
+
+
+def test_the_hook_reference_documents_only_hooks_that_exist():
+    documented = [h for h in headings(page("hooks.md")) if h.startswith("modelport_")]
+    assert sorted(set(documented) - set(HOOKS)) == []
+    assert len(documented) == len(set(documented)), "a hook has two sections"
+
+
+def _spec_parameters(hook: str) -> list[str]:
+    return list(inspect.signature(getattr(hookspecs, hook)).parameters)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_each_hook_section_states_its_shape_signature_and_arguments(hook):
+    text = section(page("hooks.md"), hook)
+    firstresult = getattr(hookspecs, hook).modelport_spec["firstresult"]
+    assert ("**Shape:** choose one." if firstresult else "**Shape:** register many.") in text
+
+    signatures = [
+        node
+        for lang, code, _ in code_blocks(text)
+        if lang == "python"
+        for node in ast.parse(code).body
+        if isinstance(node, ast.FunctionDef) and node.name == hook and not node.decorator_list
+    ]
+    assert len(signatures) == 1, f"{hook}: expected one undecorated signature block"
+    assert [a.arg for a in signatures[0].args.args] == _spec_parameters(hook)
+    for argument in _spec_parameters(hook):
+        assert f"- `{argument}`" in text, f"{hook}: argument {argument!r} is not described"
+    assert "**Returns:**" in text
+
+
+def _hookimpls_in(code: str) -> Iterator[ast.FunctionDef]:
+    for node in ast.walk(ast.parse(code)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+            if name == "hookimpl":
+                yield node
+
+
+@pytest.mark.parametrize("name", ["hooks.md", "plugin-guide.md", "integrator-guide.md"])
+def test_example_hook_implementations_match_their_specs(name):
+    """An example that a reader copies must load: a real hook name and only the spec's arguments."""
+    found = 0
+    for lang, code, _ in code_blocks(page(name)):
+        if lang != "python":
+            continue
+        for impl in _hookimpls_in(code):
+            found += 1
+            assert impl.name in HOOKS, f"{name}: {impl.name} is no hook"
+            arguments = [a.arg for a in impl.args.args if a.arg != "self"]
+            extra = set(arguments) - set(_spec_parameters(impl.name))
+            assert not extra, f"{name}: {impl.name} takes {sorted(extra)}, which its spec lacks"
+    assert found
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PAGES.glob("*.md")))
+def test_python_code_blocks_are_valid_python(name):
+    for lang, code, _ in code_blocks(page(name)):
+        if lang == "python":
+            ast.parse(code)
+
+
+def _callback_signature(callback: Callable[..., Any]) -> str:
+    parts = []
+    for parameter in inspect.signature(callback).parameters.values():
+        if parameter.default is inspect.Parameter.empty:
+            parts.append(parameter.name)
+        else:
+            parts.append(f"{parameter.name}={json.dumps(parameter.default)}")
+    return f"register({', '.join(parts)})"
+
+
+def test_register_callbacks_are_documented_as_the_registry_builds_them():
+    from modelport.registry import Registry
+
+    rows = {
+        backticked(r[0]): (backticked(r[1]), backticked(r[2]))
+        for r in table_rows(section(page("hooks.md"), "Register callbacks"))
+    }
+    registry = Registry()
+    for hook, kind in hookspecs.REGISTER_HOOKS.items():
+        assert rows.get(hook) == (kind, _callback_signature(registry.registrar(kind, "a-plugin"))), hook
+    assert set(rows) == set(hookspecs.REGISTER_HOOKS)
+
+
+def _test_files_outside_docs() -> list[Path]:
+    tests = ROOT / "tests"
+    return [p for p in tests.rglob("*.py") if (tests / "docs") not in p.parents]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_exercised_by_a_test(hook):
+    """The datasette rule: a hook that no test outside tests/docs names is a hook without a test."""
+    pattern = re.compile(rf"\b{hook}\b")
+    users = [p for p in _test_files_outside_docs() if pattern.search(p.read_text(encoding="utf-8"))]
+    assert users, f"no test under tests/ (outside tests/docs) mentions {hook}"
+
+
+# --- options, environment, errors, CLI ----------------------------------------------
+
+
+def test_every_load_option_is_in_the_user_guide_table_with_its_default():
+    import dataclasses
+
+    from modelport.options import LoadOptions
+
+    rows = table_rows(section(page("user-guide.md"), "Load options"))
+    documented = {backticked(r[0]): backticked(r[1]) for r in rows}
+    fields = {f.name: f.default for f in dataclasses.fields(LoadOptions)}
+    missing = sorted(set(fields) - set(documented))
+    assert not missing, f"LoadOptions fields missing from the user guide's options table: {missing}"
+    assert sorted(set(documented) - set(fields)) == [], "the table documents options that do not exist"
+    for name, default in fields.items():
+        assert documented[name] is not None, f"{name}: the default is not a `literal`"
+        assert ast.literal_eval(documented[name]) == default, f"{name}: documented default is wrong"
+    assert [backticked(r[0]) for r in rows] == list(fields), "keep the table in declaration order"
+
+
+def test_every_environment_variable_is_documented():
+    core = Path(importlib.util.find_spec("modelport").origin).parent  # type: ignore[arg-type]
+    variables = {"HF_HUB_OFFLINE"}
+    for source in core.rglob("*.py"):
+        variables.update(re.findall(r"\bMODELPORT_[A-Z_]+\b", source.read_text(encoding="utf-8")))
+    guide = section(page("user-guide.md"), "Environment variables")
+    documented = {backticked(r[0]) for r in table_rows(guide)}
+    assert sorted(variables - documented) == []
+
+
+def _error_tree() -> str:
+    from modelport import errors
+
+    classes = [getattr(errors, name) for name in errors.__all__]
+    lines: list[str] = []
+
+    def add(cls: type, depth: int) -> None:
+        foreign = [b.__name__ for b in cls.__bases__ if b not in classes]
+        also = f"  (also {', '.join(foreign)})" if depth and foreign else ""
+        lines.append("    " * depth + cls.__name__ + also)
+        for child in sorted((c for c in classes if cls in c.__bases__), key=lambda c: c.__name__):
+            add(child, depth + 1)
+
+    for root in (c for c in classes if not any(b in classes for b in c.__bases__)):
+        add(root, 0)
+    return "\n".join(lines) + "\n"
+
+
+def test_every_error_is_documented():
+    from modelport import errors
+
+    text = page("errors.md")
+    missing = sorted(set(errors.__all__) - set(headings(text)))
+    assert not missing, f"errors in modelport.errors.__all__ without a section in docs/src/errors.md: {missing}"
+    documented = {h for h in headings(text) if h.endswith("Error")}
+    assert sorted(documented - set(errors.__all__)) == [], "errors.md documents errors that do not exist"
+    [tree] = [code for _, code, marker in code_blocks(text) if marker == "error-tree"]
+    assert tree == _error_tree(), "the hierarchy in errors.md differs from modelport.errors"
+
+
+def _documented_names(name: str, title: str) -> list[str | None]:
+    """First-column names of the first table under ``title``."""
+    text = section(page(name), title)
+    lines = list(_outside_fences(text))
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [backticked(r[0]) for r in table_rows("\n".join(lines[start:end]))]
+
+
+@pytest.mark.parametrize(
+    ("name", "title", "qualified_name"),
+    [
+        ("integrator-guide.md", "Building a plugin host", "modelport.plugins:PluginHost"),
+        ("integrator-guide.md", "Resolving", "modelport.pipeline:ResolvedModel"),
+        ("integrator-guide.md", "Model facts", "modelport.facts:ModelFacts"),
+        ("integrator-guide.md", "The trace", "modelport.trace:TraceStep"),
+        ("integrator-guide.md", "Loading", "modelport.pipeline:LoadedModel"),
+        ("hooks.md", "ConfigPatch and PatchPhase", "modelport.types:ConfigPatch"),
+    ],
+)
+def test_every_field_of_a_public_dataclass_is_documented(name, title, qualified_name):
+    import dataclasses
+
+    from modelport.registry import import_target
+
+    fields = [f.name for f in dataclasses.fields(import_target(qualified_name)) if f.init]
+    documented = _documented_names(name, title)
+    assert sorted(set(fields) - set(documented)) == [], f"{name}, '{title}' lacks fields of {qualified_name}"
+    assert sorted(set(documented) - set(fields)) == [], f"{name}, '{title}' documents fields {qualified_name} lacks"
+
+
+def test_every_inspect_flag_is_in_the_cli_page():
+    import argparse
+
+    from modelport.cli import build_parser
+
+    [subcommands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    inspect_parser = subcommands.choices["inspect"]
+    flags = {s for action in inspect_parser._actions for s in action.option_strings if s.startswith("--")}
+    flags -= {"--help", "--json"}
+    documented = {backticked(r[0]) for r in table_rows(section(page("cli.md"), "Options"))}
+    assert sorted(flags - documented) == []
+    assert sorted(documented - flags) == []
+
+
+# --- the worked example -----------------------------------------------------------
+
+
+def _example_files() -> list[Path]:
+    return sorted(
+        p
+        for p in EXAMPLE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not any(part.startswith(".") for part in p.parts)
+    )
+
+
+def test_the_plugin_guide_shows_every_example_file_verbatim():
+    shown = {
+        marker.removeprefix("example-file: "): code
+        for _, code, marker in code_blocks(page("plugin-guide.md"))
+        if marker and marker.startswith("example-file: ")
+    }
+    for path in _example_files():
+        relative = path.relative_to(EXAMPLE).as_posix()
+        assert relative in shown, f"plugin-guide.md does not show {relative}"
+        assert shown.pop(relative) == path.read_text(encoding="utf-8"), f"plugin-guide.md's copy of {relative} is stale"
+    assert shown == {}, f"plugin-guide.md shows files that do not exist: {sorted(shown)}"
+
+
+def _example_project() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib", reason="the example plugin needs Python 3.11 (tomllib)")
+    with (EXAMPLE / "pyproject.toml").open("rb") as f:
+        project: dict[str, Any] = tomllib.load(f)
+    return project
+
+
+def test_the_example_entry_point_is_named_after_its_distribution():
+    project = _example_project()
+    name = project["project"]["name"]
+    entry_points = project["project"]["entry-points"]["modelport.plugins"]
+    assert list(entry_points) == [name]
+    assert project["tool"]["setuptools"]["py-modules"] == [entry_points[name]]
+    assert (EXAMPLE / f"{entry_points[name]}.py").is_file()
+
+
+def _install_example(plugin_distribution: Callable[..., Any]) -> Any:
+    project = _example_project()
+    name = project["project"]["name"]
+    module = project["project"]["entry-points"]["modelport.plugins"][name]
+    code = (EXAMPLE / f"{module}.py").read_text(encoding="utf-8")
+    return plugin_distribution(name, code, version=project["project"]["version"], module=module)
+
+
+def _allow_only(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    from modelport.plugins import reset_host
+
+    monkeypatch.setenv("MODELPORT_PLUGINS", ",".join(names))
+    reset_host()
+
+
+class StandInModel:
+    """Stands in for an implementation, so that load() runs with core and the example alone."""
+
+    def __init__(self, hf_config: Any, dtype: str, device: str) -> None:
+        self.hf_config, self.dtype, self.device = hf_config, dtype, device
+
+    @classmethod
+    def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> StandInModel:
+        return cls(hf_config, dtype, device)
+
+    def load_weights(self, weights: Any) -> Any:
+        from modelport import WeightReport
+
+        return WeightReport(loaded=tuple(name for name, _ in weights))
+
+
+class StandIns:
+    """What other plugins provide after the config step: an implementation and file-less weights."""
+
+    @hookimpl
+    def modelport_register_architectures(self, register):
+        register("LlamaForCausalLM", f"{__name__}:StandInModel", impl="native")
+
+    @hookimpl
+    def modelport_register_load_formats(self, register):
+        register("dummy", "no weight files")
+
+    @hookimpl
+    def modelport_select_weight_files(self, source, options):
+        return WeightFiles("dummy", source) if options.load_format == "dummy" else None
+
+    @hookimpl
+    def modelport_iter_weights(self, weights):
+        return iter(()) if weights.load_format == "dummy" else None
+
+
+@pytest.fixture
+def example_plugin(plugin_distribution, monkeypatch):
+    """The example installed as a real distribution, with stand-ins for the other steps: core alone."""
+    from modelport.plugins import get_host
+    from modelport.testing import registered_plugin
+
+    dist = _install_example(plugin_distribution)
+    _allow_only(monkeypatch, dist.name)
+    with registered_plugin(StandIns(), "stand-ins", host=get_host()):
+        yield dist
+
+
+def test_the_example_plugin_resolves_and_loads_a_model_toml_folder(example_plugin):
+    import modelport
+    from modelport.plugins import get_host
+
+    resolved = modelport.resolve(str(EXAMPLE_MODEL), load_format="dummy", skip_tokenizer_init=True)
+
+    assert resolved.config_format == "toml"
+    assert type(resolved.hf_config).__name__ == "LlamaConfig"
+    assert (resolved.hf_config.hidden_size, resolved.hf_config.num_hidden_layers) == (64, 2)
+    assert resolved.dtype == "bfloat16"
+    assert resolved.max_model_len == 256
+    [fmt] = resolved.trace.find("format")
+    assert (fmt.plugin, fmt.decision, fmt.reason) == ("modelport-toml-config", "toml", "model.toml present")
+    [config] = resolved.trace.find("config")
+    assert config.plugin == "modelport-toml-config"
+    info = get_host().plugins["modelport-toml-config"]
+    assert (info.distribution, info.version, info.builtin) == ("modelport-toml-config", "0.1.0", False)
+
+    loaded = modelport.load(str(EXAMPLE_MODEL), load_format="dummy", skip_tokenizer_init=True)
+    assert isinstance(loaded.model, StandInModel)
+    assert loaded.model.hf_config.vocab_size == 384
+
+
+def test_the_example_plugin_reports_a_bad_model_type_with_file_and_field(example_plugin, tmp_path):
+    import modelport
+    from modelport.errors import InvalidConfigError
+
+    (tmp_path / "model.toml").write_text('model_type = "no-such-model"\n')
+
+    with pytest.raises(InvalidConfigError) as caught:
+        modelport.resolve(str(tmp_path), load_format="dummy", skip_tokenizer_init=True)
+    assert caught.value.file.endswith("model.toml")
+    assert (caught.value.field, caught.value.value) == ("model_type", "no-such-model")
+
+
+def _has_distribution(name: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _call_with_fixtures(function: Callable[..., Any], fixtures: dict[str, Any]) -> None:
+    wanted = list(inspect.signature(function).parameters)
+    unknown = [name for name in wanted if name not in fixtures]
+    assert not unknown, f"{function.__name__} uses fixtures this test does not provide: {unknown}"
+    function(**{name: fixtures[name] for name in wanted})
+
+
+def _tiny_model_factory(base: Path) -> Callable[..., Path]:
+    from modelport.testing import make_tiny_model
+
+    def factory(name: str = "model", architecture: str = "llama", **kwargs: Any) -> Path:
+        return make_tiny_model(base / name, architecture, **kwargs)
+
+    return factory
+
+
+def test_the_examples_own_tests_and_the_guides_test_snippets_pass(plugin_distribution, monkeypatch, tmp_path):
+    """Run what the guide tells authors to run, the way the modelport pytest plugin would.
+
+    The tests are called in this process rather than through a nested pytest
+    run, which would drop modules it imported (transformers' among them) and
+    leave other tests with duplicate classes.
+    """
+    project = _example_project()
+    allowed = project["tool"]["pytest"]["ini_options"]["modelport_plugins"].split()
+    absent = [n for n in allowed if n != project["project"]["name"] and not _has_distribution(n)]
+    if absent:
+        pytest.skip(f"the example's tests need {', '.join(absent)} installed")
+
+    from modelport.plugins import get_host, reset_host
+
+    _install_example(plugin_distribution)
+    path = EXAMPLE / "tests" / "test_modelport_toml_config.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the example registers f"{__name__}:TinyLlamaConfig"
+    try:
+        spec.loader.exec_module(module)
+        snippets: dict[str, Any] = {"__name__": "plugin_guide_snippets"}
+        for lang, code, marker in code_blocks(page("plugin-guide.md")):
+            if lang == "python" and marker is None and re.search(r"^def test_", code, re.M):
+                exec(compile(code, "plugin-guide.md", "exec"), snippets)
+        tests = [(name, f) for name, f in vars(module).items() if name.startswith("test_")]
+        tests += [(name, f) for name, f in snippets.items() if name.startswith("test_")]
+        assert len(tests) >= 6
+
+        for number, (name, test) in enumerate(tests):
+            with monkeypatch.context() as patch:
+                # What the modelport pytest plugin's isolation does, with the example's ini option.
+                patch.setenv("MODELPORT_PLUGINS", ",".join(allowed))
+                patch.setenv("MODELPORT_STRICT_PLUGINS", "1")
+                patch.delenv("MODELPORT_DISABLE_PLUGINS", raising=False)
+                reset_host()
+                base = tmp_path / f"{number}-{name}"
+                base.mkdir()
+                fixtures = {
+                    "tmp_path": base,
+                    "monkeypatch": patch,
+                    "modelport_host": get_host(),
+                    "tiny_model": _tiny_model_factory(base),
+                    "plugin_distribution": plugin_distribution,
+                }
+                _call_with_fixtures(test, fixtures)
+            reset_host()
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+# --- the command line ---------------------------------------------------------------
+
+
+def _documented_json(kind: str) -> Any:
+    [code] = [code for lang, code, marker in code_blocks(page("cli.md")) if marker == f"json: {kind}"]
+    return json.loads(code)
+
+
+def _same_shape(documented: Any, actual: Any, path: str = "$") -> None:
+    """Same keys and JSON types; ``null`` on either side matches anything (nullable fields)."""
+    if documented is None or actual is None:
+        return
+    if isinstance(documented, dict):
+        assert isinstance(actual, dict), path
+        if path.endswith(".registered"):  # keys are registry kinds, which vary by plugin
+            return
+        assert sorted(documented) == sorted(actual), path
+        for key in documented:
+            _same_shape(documented[key], actual[key], f"{path}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(actual, list), path
+        if documented and actual:
+            _same_shape(documented[0], actual[0], f"{path}[0]")
+    else:
+        numbers = (int, float)
+        same = isinstance(documented, numbers) and isinstance(actual, numbers) and not isinstance(actual, bool)
+        assert same or type(documented) is type(actual), f"{path}: {documented!r} vs {actual!r}"
+
+
+def test_inspect_json_has_the_documented_shape(example_plugin, capsys):
+    from modelport import cli
+
+    status = cli.main(["inspect", str(EXAMPLE_MODEL), "--json", "--load-format", "dummy", "--skip-tokenizer-init"])
+
+    assert status == 0
+    actual = json.loads(capsys.readouterr().out)
+    assert actual["version"] == 1
+    _same_shape(_documented_json("inspect"), actual)
+
+
+def test_plugins_json_has_the_documented_shape(plugin_distribution, monkeypatch, capsys):
+    from modelport import cli
+    from modelport.plugins import PluginWarning
+
+    _install_example(plugin_distribution)
+    plugin_distribution("modelport-broken-example", "raise ImportError('a dependency is missing')\n")
+    _allow_only(monkeypatch, "modelport-toml-config", "modelport-broken-example")
+    monkeypatch.setenv("MODELPORT_STRICT_PLUGINS", "0")
+
+    with pytest.warns(PluginWarning, match="modelport-broken-example"):
+        status = cli.main(["plugins", "--json"])
+
+    assert status == 0
+    actual = json.loads(capsys.readouterr().out)
+    _same_shape(_documented_json("plugins"), actual)
+    [example] = [p for p in actual["plugins"] if p["name"] == "modelport-toml-config"]
+    assert example["registered"] == {"config_format": ["toml"]}
+    assert [f["name"] for f in actual["failed"]] == ["modelport-broken-example"]
+
+
+def test_cli_exit_statuses_are_as_documented(tmp_path, capsys):
+    from modelport import cli
+
+    assert cli.main(["inspect", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("modelport: error: ") and err.count("\n") == 1
+    assert cli.main([]) == 2
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["no-such-command"])
+    assert usage.value.code == 2
+
+
+# --- the site -----------------------------------------------------------------------
+
+
+def test_the_docs_build_in_strict_mode(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install mkdocs) so the site cannot be built")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(DOCS / "mkdocs.yml"),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
