@@ -1,30 +1,113 @@
-"""Facts derived from a patched config: text config, dtype, context length.
+"""Facts derived from a patched config: text config, dtype, context length, shape.
 
-These are format-independent. They read only attributes that every
-``transformers.PretrainedConfig`` may carry, so they work for configs that any
-plugin produced.
+These are format-independent: they read only attributes that a
+``transformers.PretrainedConfig`` may carry, so they hold for configs that any
+plugin produced. The rules follow vLLM's ``ModelConfig`` (0.32), so that an
+engine moving to modelport sees the same numbers; where modelport differs on
+purpose, the function's docstring says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from modelport.errors import InvalidConfigError, InvalidOptionError
 
-#: Config keys that state a context length, most specific first (vLLM's list).
+#: Config keys that state a context length; the smallest present wins (vLLM's list and order).
 CONTEXT_LENGTH_KEYS = (
     "max_position_embeddings",
     "n_positions",
     "max_seq_len",
     "seq_length",
     "model_max_length",
+    "max_target_positions",
     "max_sequence_length",
     "max_seq_length",
     "seq_len",
 )
+#: Used when a config states no context length at all (vLLM's default).
+DEFAULT_MAX_MODEL_LEN = 2048
+#: RoPE types whose ``factor`` is not applied to the context length (vLLM's rule).
+UNSCALED_ROPE_TYPES = ("su", "longrope", "llama3")
+#: Architecture-name suffixes and the runner vLLM derives from them, in priority order.
+RUNNER_BY_SUFFIX = (
+    ("ForCausalLM", "generate"),
+    ("ForConditionalGeneration", "generate"),
+    ("ChatModel", "generate"),
+    ("LMHeadModel", "generate"),
+    ("ForTextEncoding", "pooling"),
+    ("EmbeddingModel", "pooling"),
+    ("ForSequenceClassification", "pooling"),
+    ("ForAudioClassification", "pooling"),
+    ("ForImageClassification", "pooling"),
+    ("ForVideoClassification", "pooling"),
+    ("ClassificationModel", "pooling"),
+    ("ForRewardModeling", "pooling"),
+    ("RewardModel", "pooling"),
+    ("Model", "pooling"),
+)
+#: Model types that must not run in float16 (numerical instability; vLLM's list).
+NO_FLOAT16 = ("gemma2", "gemma3", "gemma3_text", "plamo2", "glm4")
+#: Sub-config attributes that make a config multimodal.
+MODALITY_CONFIGS = ("vision_config", "audio_config", "speech_config", "visual", "vision_tower_config", "image_config")
+#: Model types whose attention is multi-head latent attention when ``kv_lora_rank`` is set.
+MLA_MODEL_TYPES = (
+    "deepseek_v2",
+    "deepseek_v3",
+    "deepseek_v32",
+    "deepseek_mtp",
+    "kimi_k2",
+    "kimi_linear",
+    "longcat_flash",
+    "pangu_ultra_moe",
+)
+#: Attributes that count routed experts, in the order they are looked for.
+EXPERT_COUNT_KEYS = ("num_experts", "moe_num_experts", "n_routed_experts", "num_local_experts")
 
 _DTYPE_ALIASES = {"float": "float32", "half": "float16", "double": "float64"}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Shape and kind of a model, derived from its config without reading weights.
+
+    Attributes:
+        runner: ``generate`` or ``pooling``, from the architecture name's suffix (vLLM's rule).
+        hidden_size: width of the language model.
+        num_hidden_layers: its number of layers.
+        num_attention_heads: query heads per layer.
+        num_kv_heads: key/value heads per layer (1 for multi-query attention).
+        head_dim: size of one attention head (for MLA: the compressed KV plus the RoPE part).
+        vocab_size: the language model's vocabulary size.
+        sliding_window: the attention window, or ``None`` for full attention.
+        is_moe: whether the model routes tokens to more than one expert.
+        num_experts: routed experts per MoE layer (0 when not MoE).
+        is_multimodal: whether the config has a vision, audio or other non-text part.
+        is_encoder_decoder: whether the model is an encoder-decoder.
+        quantization: the ``quantization_config.quant_method``, or ``None``.
+        uses_mla: multi-head latent attention (DeepSeek V2/V3 family).
+    """
+
+    runner: str
+    hidden_size: int | None
+    num_hidden_layers: int | None
+    num_attention_heads: int | None
+    num_kv_heads: int | None
+    head_dim: int | None
+    vocab_size: int | None
+    sliding_window: int | None
+    is_moe: bool
+    num_experts: int
+    is_multimodal: bool
+    is_encoder_decoder: bool
+    quantization: str | None
+    uses_mla: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
 
 
 def text_config(hf_config: Any) -> Any:
@@ -38,54 +121,247 @@ def text_config(hf_config: Any) -> Any:
     return hf_config
 
 
+def _dtype_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")
+    return _DTYPE_ALIASES.get(name, name)
+
+
 def checkpoint_dtype(hf_config: Any) -> str | None:
-    """The dtype the config says the checkpoint holds, as a name, or ``None``."""
-    for attr in ("dtype", "torch_dtype"):
-        value = getattr(hf_config, attr, None)
-        if value is None:
+    """The dtype the config says the checkpoint holds (root, then text, vision, encoder parts)."""
+    candidates = [hf_config, text_config(hf_config)]
+    candidates += [getattr(hf_config, a, None) for a in ("vision_config", "encoder_config")]
+    for config in candidates:
+        if config is None:
             continue
-        name = str(value).removeprefix("torch.")
-        return _DTYPE_ALIASES.get(name, name)
+        for attr in ("dtype", "torch_dtype"):
+            name = _dtype_name(getattr(config, attr, None))
+            if name is not None:
+                return name
     return None
 
 
-def resolve_dtype(option: str, hf_config: Any) -> str:
-    """``option`` normalised, or with ``auto`` the checkpoint's dtype (float32 when unstated)."""
+def runner_of(architectures: list[str] | None) -> str:
+    """``generate`` or ``pooling`` from the first architecture's suffix; no architecture means pooling."""
+    for name in architectures or []:
+        for suffix, runner in RUNNER_BY_SUFFIX:
+            if name.endswith(suffix):
+                return runner
+    return "pooling" if not architectures else "generate"
+
+
+def resolve_dtype(option: str, hf_config: Any, *, device: str = "cpu") -> str:
+    """The dtype the model will run in.
+
+    ``auto`` keeps the checkpoint's dtype, except that float32 (or no stated
+    dtype) becomes what vLLM picks on the device: bfloat16, or float16 for
+    pooling models; model types unstable in float16 get bfloat16 instead.
+    """
     if option != "auto":
         return _DTYPE_ALIASES.get(option, option)
-    text = text_config(hf_config)
-    return checkpoint_dtype(text) or checkpoint_dtype(hf_config) or "float32"
+    model_type = str(getattr(hf_config, "model_type", "") or "")
+    preferred = "bfloat16"
+    if runner_of(getattr(hf_config, "architectures", None)) == "pooling" and model_type not in NO_FLOAT16:
+        preferred = "float16"
+    found = checkpoint_dtype(hf_config) or "float32"
+    if found == "float32":
+        return preferred
+    if found == "float16" and model_type in NO_FLOAT16:
+        return "bfloat16"
+    return found
 
 
-def derived_max_model_len(hf_text_config: Any) -> int | None:
-    """The smallest context length the config states under any known key, or ``None``."""
-    found = []
-    for key in CONTEXT_LENGTH_KEYS:
-        value = getattr(hf_text_config, key, None)
-        if isinstance(value, bool) or value is None:
+def _rope_parameter_sets(hf_text_config: Any) -> list[Mapping[str, Any]]:
+    params = getattr(hf_text_config, "rope_parameters", None)
+    if not isinstance(params, Mapping) or not params:
+        return []
+    if all(isinstance(v, Mapping) for v in params.values()):  # per layer type (full_attention, sliding_attention...)
+        return list(params.values())
+    return [params]
+
+
+def derived_max_model_len(hf_text_config: Any) -> tuple[int, str]:
+    """The model's own context length and the key it came from, with RoPE scaling applied once.
+
+    The smallest of :data:`CONTEXT_LENGTH_KEYS` wins, except that
+    ``model_max_length`` overrides when set; then the RoPE ``factor`` scales it
+    (for ``yarn``, the ``original_max_position_embeddings`` is scaled), except
+    for ``su``/``longrope``/``llama3`` and for Gemma 3, whose configs already
+    state the scaled length. Nothing is ever scaled twice: the factor is read
+    from the normalised ``rope_parameters`` only.
+    """
+    derived: float = float("inf")
+    key = ""
+    for name in CONTEXT_LENGTH_KEYS:
+        value = getattr(hf_text_config, name, None)
+        if value is None:
             continue
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise InvalidConfigError("config", "context length must be a positive number", field=key, value=value)
-        found.append(int(value))
-    return min(found) if found else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise InvalidConfigError("config", "a context length must be a positive number", field=name, value=value)
+        if value < derived:
+            derived, key = value, name
+    model_max_length = getattr(hf_text_config, "model_max_length", None)
+    if model_max_length:
+        derived, key = model_max_length, "model_max_length"
+    if derived == float("inf"):
+        derived, key = DEFAULT_MAX_MODEL_LEN, "default"
+    model_type = str(getattr(hf_text_config, "model_type", "") or "")
+    rope_sets = _rope_parameter_sets(hf_text_config)
+    if rope_sets and "gemma3" not in model_type:
+        factor = 1.0
+        for params in rope_sets:
+            rope_type = params.get("rope_type", params.get("type", "default"))
+            if rope_type in UNSCALED_ROPE_TYPES:
+                continue
+            factor = float(params.get("factor", factor) or 1.0)
+            if rope_type == "yarn" and params.get("original_max_position_embeddings"):
+                derived = params["original_max_position_embeddings"]
+        if factor != 1.0:
+            derived *= factor
+            key += " x rope factor"
+    return int(derived), key
 
 
-def resolve_max_model_len(user_value: int | None, hf_text_config: Any) -> int | None:
+def resolve_max_model_len(user_value: int | None, hf_text_config: Any) -> int:
     """The user's cap if it fits the model, else the model's own length.
+
+    With LongRoPE and no cap, the model's ``original_max_position_embeddings``
+    is used, as vLLM does (longer contexts degrade short-sequence quality).
 
     Raises:
         InvalidOptionError: the user asks for more than the model allows.
     """
-    derived = derived_max_model_len(hf_text_config)
+    derived, key = derived_max_model_len(hf_text_config)
     if user_value is None:
+        if any(p.get("rope_type") == "longrope" for p in _rope_parameter_sets(hf_text_config)):
+            return int(getattr(hf_text_config, "original_max_position_embeddings", None) or derived)
         return derived
-    if derived is not None and user_value > derived:
-        raise InvalidOptionError(
-            "max_model_len",
-            user_value,
-            detail=f"the model allows at most {derived} tokens (from its config)",
-        )
+    if user_value > derived:
+        model_max_length = getattr(hf_text_config, "model_max_length", None)
+        if model_max_length is None or user_value > model_max_length:
+            raise InvalidOptionError(
+                "max_model_len",
+                user_value,
+                detail=f"the model allows at most {derived} tokens ({key} in its config)",
+            )
     return user_value
+
+
+def _first_int(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def num_kv_heads(hf_text_config: Any) -> int | None:
+    """Key/value heads per layer: 1 for multi-query Falcon, the group count for ChatGLM..."""
+    model_type = getattr(hf_text_config, "model_type", "")
+    falcon_new_arch = model_type in ("falcon", "RefinedWeb", "RefinedWebModel") and getattr(
+        hf_text_config, "new_decoder_architecture", False
+    )
+    if not falcon_new_arch and getattr(hf_text_config, "multi_query", False):
+        return 1
+    attn_config = getattr(hf_text_config, "attn_config", None)
+    if attn_config is not None and getattr(attn_config, "kv_n_heads", None):
+        return int(attn_config.kv_n_heads)
+    if model_type == "chatglm" and not getattr(hf_text_config, "multi_query_attention", False):
+        return _first_int(hf_text_config, "num_attention_heads")
+    found = _first_int(hf_text_config, "n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num")
+    return found if found is not None else _first_int(hf_text_config, "num_attention_heads", "n_head")
+
+
+def uses_mla(hf_text_config: Any) -> bool:
+    """Multi-head latent attention: a DeepSeek-family model type with ``kv_lora_rank``, not switched off.
+
+    Other model types that carry ``kv_lora_rank`` (MiniCPM3) keep their stated
+    ``head_dim``, as in vLLM.
+    """
+    return (
+        getattr(hf_text_config, "model_type", None) in MLA_MODEL_TYPES
+        and bool(getattr(hf_text_config, "kv_lora_rank", None))
+        and getattr(hf_text_config, "use_mla", True) is not False
+    )
+
+
+def head_dim(hf_text_config: Any) -> int | None:
+    """Size of one attention head (MLA: ``kv_lora_rank + qk_rope_head_dim``)."""
+    if uses_mla(hf_text_config):
+        return int(hf_text_config.kv_lora_rank) + int(hf_text_config.qk_rope_head_dim)
+    explicit = _first_int(hf_text_config, "head_dim")
+    if explicit:
+        return explicit
+    hidden = _first_int(hf_text_config, "hidden_size", "d_model", "n_embd")
+    heads = _first_int(hf_text_config, "num_attention_heads", "n_head")
+    return hidden // heads if hidden and heads else None
+
+
+def num_experts(hf_text_config: Any) -> int:
+    """Routed experts per MoE layer (DBRX's ``ffn_config`` too); 0 when not MoE."""
+    for name in EXPERT_COUNT_KEYS:
+        value = getattr(hf_text_config, name, None)
+        if isinstance(value, (list, tuple)):
+            value = max(value) if value else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    ffn_config = getattr(hf_text_config, "ffn_config", None)
+    value = getattr(ffn_config, "moe_num_experts", None) if ffn_config is not None else None
+    return int(value) if isinstance(value, int) else 0
+
+
+def quantization_method(hf_config: Any) -> str | None:
+    """``quantization_config.quant_method`` of the config or its text part, lower-cased."""
+    for config in (hf_config, text_config(hf_config)):
+        qc = getattr(config, "quantization_config", None)
+        if qc is None:
+            continue
+        method = qc.get("quant_method") if isinstance(qc, Mapping) else getattr(qc, "quant_method", None)
+        if method:
+            return str(getattr(method, "value", method)).lower()
+    return None
+
+
+def is_multimodal(hf_config: Any) -> bool:
+    """Whether the config has a vision/audio part, or its text config is a sub-config."""
+    if any(getattr(hf_config, name, None) is not None for name in MODALITY_CONFIGS):
+        return True
+    return bool(getattr(hf_config, "is_encoder_decoder", False)) and any(
+        getattr(hf_config, name, None) for name in ("num_mel_bins", "max_source_positions")
+    )
+
+
+def sliding_window(hf_text_config: Any) -> int | None:
+    """The sliding attention window, or ``None`` (``use_sliding_window=False`` disables it)."""
+    if getattr(hf_text_config, "use_sliding_window", True) is False:
+        return None
+    value = getattr(hf_text_config, "sliding_window", None)
+    if isinstance(value, (list, tuple)):
+        windows = [v for v in value if v]
+        return max(windows) if windows else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def model_facts(hf_config: Any, hf_text_config: Any) -> ModelFacts:
+    """Every fact of :class:`ModelFacts` for a patched config."""
+    experts = num_experts(hf_text_config)
+    return ModelFacts(
+        runner=runner_of(getattr(hf_config, "architectures", None)),
+        hidden_size=_first_int(hf_text_config, "hidden_size", "d_model", "n_embd"),
+        num_hidden_layers=_first_int(hf_text_config, "num_hidden_layers", "num_layers", "n_layer"),
+        num_attention_heads=_first_int(hf_text_config, "num_attention_heads", "n_head"),
+        num_kv_heads=num_kv_heads(hf_text_config),
+        head_dim=head_dim(hf_text_config),
+        vocab_size=_first_int(hf_text_config, "vocab_size", "padded_vocab_size"),
+        sliding_window=sliding_window(hf_text_config),
+        is_moe=experts > 1,
+        num_experts=experts if experts > 1 else 0,
+        is_multimodal=is_multimodal(hf_config),
+        is_encoder_decoder=bool(getattr(hf_config, "is_encoder_decoder", False)),
+        quantization=quantization_method(hf_config),
+        uses_mla=uses_mla(hf_text_config),
+    )
 
 
 def apply_overrides(hf_config: Any, overrides: Mapping[str, Any] | Any) -> Any:

@@ -29,7 +29,7 @@ from modelport.errors import (
     UnsupportedFormatError,
     WeightsMissingError,
 )
-from modelport.facts import apply_overrides, resolve_dtype, resolve_max_model_len, text_config
+from modelport.facts import ModelFacts, apply_overrides, model_facts, resolve_dtype, resolve_max_model_len, text_config
 from modelport.options import LoadOptions
 from modelport.plugins import Answer, PluginHost, get_host
 from modelport.registry import Registry
@@ -52,7 +52,8 @@ class ResolvedModel:
         architecture: the chosen implementation.
         model_impl: the kind of that implementation (``native``, ``transformers``...).
         dtype: the dtype the model will be built in.
-        max_model_len: the context length (the user's cap, else the model's), or ``None``.
+        max_model_len: the context length (the user's cap, else the model's).
+        facts: shape and kind of the model (head_dim, num_kv_heads, MoE, multimodal...).
         tokenizer: what tokenizer will be loaded (``None`` with ``skip_tokenizer_init``).
         weight_files: which weight files will be read.
         trace: every decision, who made it, why and how long it took.
@@ -68,7 +69,8 @@ class ResolvedModel:
     architecture: ArchitectureChoice
     model_impl: str
     dtype: str
-    max_model_len: int | None
+    max_model_len: int
+    facts: ModelFacts
     tokenizer: TokenizerSpec | None
     weight_files: WeightFiles
     trace: Trace = field(compare=False)
@@ -90,6 +92,7 @@ class ResolvedModel:
             "model_type": getattr(self.hf_config, "model_type", None),
             "dtype": self.dtype,
             "max_model_len": self.max_model_len,
+            "facts": self.facts.to_dict(),
             "tokenizer": self.tokenizer.describe() if self.tokenizer else None,
             "weight_files": self.weight_files.describe(),
             "options": self.options.to_public_dict(),
@@ -233,6 +236,8 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
 
     context = PatchContext(config_source, config_format, opts)
     for patch, plugin in registry.patches():
+        if not patch.applies_to(hf_config):
+            continue
         start = time.perf_counter()
         before = _snapshot(hf_config)
         result = patch.apply(hf_config, context)
@@ -244,13 +249,14 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
 
     start = time.perf_counter()
     hf_text = text_config(hf_config)
-    dtype = resolve_dtype(opts.dtype, hf_config)
+    dtype = resolve_dtype(opts.dtype, hf_config, device=opts.device)
     max_len = resolve_max_model_len(opts.max_model_len, hf_text)
+    facts = model_facts(hf_config, hf_text)
     trace.record(
         "facts",
         "modelport",
-        f"dtype={dtype}, max_model_len={max_len}",
-        "dtype from option or checkpoint; length from config keys, capped by max_model_len",
+        f"dtype={dtype}, max_model_len={max_len}, head_dim={facts.head_dim}, num_kv_heads={facts.num_kv_heads}",
+        "dtype from option or checkpoint; length from config keys and RoPE scaling, capped by max_model_len",
         time.perf_counter() - start,
     )
 
@@ -330,6 +336,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
         model_impl=architecture.impl,
         dtype=dtype,
         max_model_len=max_len,
+        facts=facts,
         tokenizer=tokenizer,
         weight_files=weight_files,
         trace=trace,

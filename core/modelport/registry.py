@@ -64,7 +64,14 @@ class Registry:
                     raise PluginError(plugin, f"config patch {patch.name!r}: apply is not callable")
                 self._patches.append((patch, plugin))
                 self.entries.append(
-                    RegistryEntry(kind, patch.name, plugin, None, patch.description, {"phase": int(patch.phase)})
+                    RegistryEntry(
+                        kind,
+                        patch.name,
+                        plugin,
+                        None,
+                        patch.description,
+                        {"phase": int(patch.phase), "architectures": list(patch.architectures)},
+                    )
                 )
 
             return register_patch

@@ -238,12 +238,22 @@ class ConfigPatch:
         apply: ``apply(config, context) -> config``; may mutate and return the
             same object or return a new one.
         description: one line for ``modelport plugins``.
+        architectures: run only for configs whose ``architectures`` include one
+            of these (per-architecture fix-ups); empty means every config.
     """
 
     name: str
     phase: int
-    apply: Callable[[PretrainedConfig, PatchContext], PretrainedConfig]
+    apply: Callable[[PretrainedConfig, PatchContext], PretrainedConfig | None]
     description: str = ""
+    architectures: tuple[str, ...] = ()
+
+    def applies_to(self, hf_config: Any) -> bool:
+        """Whether this patch runs for ``hf_config`` (see ``architectures``)."""
+        if not self.architectures:
+            return True
+        names = getattr(hf_config, "architectures", None) or ()
+        return any(name in self.architectures for name in names)
 
 
 @dataclass(frozen=True)

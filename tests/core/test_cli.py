@@ -33,6 +33,7 @@ def test_inspect_json_is_stable_and_complete(toy_native, toy_model, capsys):
         "architecture",
         "model_impl",
         "model_type",
+        "facts",
         "dtype",
         "max_model_len",
         "tokenizer",

@@ -28,7 +28,8 @@ def test_resolve_exposes_every_documented_field(toy_native, toy_model):
     assert resolved.architecture.target == "toy_model:ToyModel"
     assert resolved.architecture.plugin == "toy-architectures"
     assert resolved.model_impl == "native"
-    assert resolved.dtype == "float32"
+    assert resolved.dtype == "bfloat16"  # no dtype in the config means float32, which vLLM runs as bfloat16
+    assert (resolved.facts.head_dim, resolved.facts.num_kv_heads, resolved.facts.runner) == (8, 2, "generate")
     assert resolved.max_model_len == 512
     assert resolved.tokenizer.files == ("toy-tokenizer.txt",)
     assert resolved.weight_files.load_format == "dummy"

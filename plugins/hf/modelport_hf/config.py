@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from modelport.registry import Registry
 from modelport.types import Source
 
 _LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+_FIELD_IN_MESSAGE = re.compile(r"for field '([^']+)'")
 
 
 def read_config_json(source: Source, name: str = "config.json") -> dict[str, Any]:
@@ -67,8 +69,8 @@ def parse_config(source: Source, options: LoadOptions, registry: Registry) -> An
     if registered is not None:
         try:
             return registered.from_dict(data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise InvalidConfigError(where, f"{registered.__name__} rejected it: {exc}") from exc
+        except Exception as exc:  # whatever the class raises, the user must learn which file and field
+            raise _rejected(where, registered.__name__, exc, data) from exc
 
     auto_map = data.get("auto_map") or {}
     remote_config = auto_map.get("AutoConfig") if isinstance(auto_map, dict) else None
@@ -91,22 +93,43 @@ def parse_config(source: Source, options: LoadOptions, registry: Registry) -> An
             field="model_type",
             value=model_type,
         )
-    from transformers import AutoConfig
-
     folder = source.fetch("config.json").parent
     try:
-        config = AutoConfig.from_pretrained(
-            folder,
-            trust_remote_code=options.trust_remote_code,
-            revision=options.code_revision or options.revision if options.trust_remote_code else None,
-        )
-    except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
-        raise InvalidConfigError(
-            where, f"transformers could not build the config: {type(exc).__name__}: {exc}"
-        ) from exc
-    if isinstance(overrides, Mapping):
-        # AutoConfig re-read the file, so carry the scalar overrides over explicitly.
-        for key, value in overrides.items():
-            if not isinstance(value, Mapping):
-                setattr(config, key, value)
+        if remote_config and options.trust_remote_code:
+            # The class comes from the repository: let transformers fetch and run it, as the user allowed.
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(
+                folder, trust_remote_code=True, revision=options.code_revision or options.revision
+            )
+            if isinstance(overrides, Mapping):  # AutoConfig re-read the file: carry the scalar overrides over
+                for key, value in overrides.items():
+                    if not isinstance(value, Mapping):
+                        setattr(config, key, value)
+        else:
+            # Built from the dict already read (and overridden), so model_type overrides choose the class.
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+            config = CONFIG_MAPPING[model_type].from_dict(data)
+            config._name_or_path = str(folder)
+    except Exception as exc:  # transformers' config classes raise many types; all mean "this file is wrong"
+        raise _rejected(where, "transformers", exc, data) from exc
     return config
+
+
+def _rejected(where: str, by: str, exc: Exception, data: dict[str, Any]) -> InvalidConfigError:
+    """An :class:`InvalidConfigError` for a config class that refused the file, naming the field when known."""
+    # transformers validates configs as strict dataclasses; their errors name the field only in the message.
+    match = _FIELD_IN_MESSAGE.search(str(exc))
+    field = match.group(1) if match else None
+    root = exc.__cause__ or exc
+    detail = f"{by} could not build the config: {type(root).__name__}: {root}"
+    if isinstance(field, str):
+        value = data.get(field)
+        if value is None:  # the field may sit in a nested dict (MPT's attn_config.attn_type)
+            for key, nested in data.items():
+                if isinstance(nested, dict) and field in nested:
+                    field, value = f"{key}.{field}", nested[field]
+                    break
+        return InvalidConfigError(where, detail, field=field, value=value)
+    return InvalidConfigError(where, detail)

@@ -44,6 +44,32 @@ def modelport_detect_config_format(source: Source, options: LoadOptions) -> Deci
     return None
 
 
+#: ``model_type`` -> config class, for model types transformers does not know (see configs.py).
+CONFIG_CLASSES: dict[str, str] = {
+    "RefinedWeb": "modelport_hf.configs:RWConfig",
+    "RefinedWebModel": "modelport_hf.configs:RWModelConfig",
+    "chatglm": "modelport_hf.configs:ChatGLMConfig",
+    "kimi_k2": "modelport_hf.configs:KimiK2Config",
+    "deepseek_vl_v2": "modelport_hf.configs:DeepseekVLV2Config",
+}
+
+
+@hookimpl
+def modelport_register_config_classes(register: Callable[..., None]) -> None:
+    """Config classes for published model types that transformers lacks (Falcon RefinedWeb, ChatGLM...)."""
+    for model_type, target in CONFIG_CLASSES.items():
+        register(model_type, target)
+
+
+@hookimpl
+def modelport_register_config_patches(register: Callable[..., None]) -> None:
+    """Legacy RoPE forms, attribute remaps and per-architecture fix-ups (see patches.py)."""
+    from modelport_hf.patches import PATCHES
+
+    for patch in PATCHES:
+        register(patch)
+
+
 @hookimpl
 def modelport_parse_config(source: Source, config_format: str, options: LoadOptions, registry: Registry) -> Any:
     """Read config.json into a ``PretrainedConfig`` (registry by model_type first, then AutoConfig)."""

@@ -5,26 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelport import hookimpl
-from modelport.pipeline import WeightReport
 from modelport.testing import registered_plugin
 from modelport.types import ArchitectureChoice
-
-
-class RecordingModel:
-    """A model implementation that keeps every weight it is given."""
-
-    def __init__(self, hf_config):
-        self.hf_config = hf_config
-        self.weights = {}
-
-    @classmethod
-    def from_config(cls, hf_config, *, dtype, device):
-        return cls(hf_config)
-
-    def load_weights(self, weights):
-        for name, tensor in weights:
-            self.weights[name] = tensor
-        return WeightReport(loaded=tuple(sorted(self.weights)))
 
 
 class AnyArchitecture:
@@ -32,8 +14,10 @@ class AnyArchitecture:
 
     @hookimpl(trylast=True)
     def modelport_select_architecture(self, hf_config, model_impl, registry):
-        names = getattr(hf_config, "architectures", None) or ["Unknown"]
-        return ArchitectureChoice(names[0], "native", f"{__name__}:RecordingModel")
+        names = getattr(hf_config, "architectures", None)
+        if not names:
+            return None  # like a real registry: nothing to look up
+        return ArchitectureChoice(names[0], "native", "hf_test_models:RecordingModel")
 
 
 @pytest.fixture(autouse=True)

@@ -85,7 +85,7 @@ def test_end_to_end_logits_equal_transformers(tiny_model, monkeypatch):
     monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
     modelport.plugins.reset_host()
     folder = tiny_model()
-    loaded = modelport.load(str(folder))
+    loaded = modelport.load(str(folder), dtype="float32")
     assert loaded.resolved.model_impl == "transformers"
     assert loaded.weights.missing == () and loaded.weights.unexpected == ()
     ids = loaded.tokenizer("The quick brown fox", return_tensors="pt").input_ids
