@@ -117,6 +117,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ("architecture", f"{arch.name} ({arch.impl}, {arch.target}, from {arch.plugin})"),
         ("dtype", resolved.dtype),
         ("max model len", str(resolved.max_model_len)),
+        ("shape", _shape(resolved.facts)),
         (
             "tokenizer",
             "skipped"
@@ -131,6 +132,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print("\ntrace:")
     print(resolved.trace.format())
     return 0
+
+
+def _shape(facts: Any) -> str:
+    parts = [
+        f"{facts.num_hidden_layers} layers",
+        f"hidden {facts.hidden_size}",
+        f"{facts.num_attention_heads} heads ({facts.num_kv_heads} kv, head_dim {facts.head_dim})",
+        f"vocab {facts.vocab_size}",
+    ]
+    if facts.sliding_window:
+        parts.append(f"sliding window {facts.sliding_window}")
+    if facts.is_moe:
+        parts.append(f"MoE with {facts.num_experts} experts")
+    if facts.is_multimodal:
+        parts.append("multimodal")
+    if facts.quantization:
+        parts.append(f"quantized: {facts.quantization}")
+    return ", ".join(parts)
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ def test_inspect_prints_the_resolved_model_and_its_trace(toy_native, toy_model, 
     assert f"source         local {folder}" in out
     assert "architecture   LlamaForCausalLM (native, toy_model:ToyModel, from toy-architectures)" in out
     assert "max model len  512" in out
+    assert "shape          1 layers, hidden 32, 4 heads (2 kv, head_dim 8), vocab 100" in out
     assert "trace:" in out and "toy.json present" in out
 
 

@@ -257,3 +257,31 @@ def test_registered_config_class_is_used_before_remote_code(tmp_path):
     assert resolved.hf_config.num_hidden_layers == 2
     assert resolved.max_model_len == 4096
     assert (resolved.facts.num_kv_heads, resolved.facts.vocab_size) == (2, 128)
+
+
+def test_nested_overrides_reach_the_text_config_before_normalisation(tmp_path):
+    config = {
+        "model_type": "qwen2_vl",
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "text_config": {
+            "model_type": "qwen2_vl_text",
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 128,
+            "max_position_embeddings": 2048,
+        },
+        "vision_config": {"depth": 1, "embed_dim": 32, "num_heads": 2, "hidden_size": 64},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    overrides = {
+        "text_config": {
+            "max_position_embeddings": 1000,
+            "rope_scaling": {"type": "su", "short_factor": LONG, "long_factor": LONG},
+        }
+    }
+    resolved = _resolve(str(tmp_path), hf_overrides=overrides)
+    assert resolved.hf_text_config.max_position_embeddings == 1000
+    assert resolved.hf_text_config.rope_parameters["rope_type"] == "longrope"  # normalised after the override
+    assert type(resolved.hf_config).__name__ == "Qwen2VLConfig"  # the parent config is untouched
