@@ -333,6 +333,34 @@ def test_every_inspect_flag_is_in_the_cli_page():
     assert sorted(documented - flags) == []
 
 
+def test_the_testing_kit_is_documented_in_the_plugin_guide():
+    """Every fixture, ini option and public name of the testing kit appears in the guide's testing section."""
+    import modelport.testing
+    from modelport.testing import pytest_plugin
+
+    tree = ast.parse(Path(pytest_plugin.__file__).read_text(encoding="utf-8"))
+    fixtures = set()
+    ini_options = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                if isinstance(target, ast.Attribute) and target.attr == "fixture":
+                    fixtures.add(node.name)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "addini":
+            first = node.args[0]
+            assert isinstance(first, ast.Constant)
+            ini_options.add(first.value)
+    assert fixtures and ini_options
+
+    text = section(page("plugin-guide.md"), "Testing a plugin")
+    table_names = {backticked(r[0]) for r in table_rows(text)}
+    assert sorted(fixtures - table_names) == [], "fixtures of the modelport pytest plugin missing from the guide"
+    assert sorted(ini_options - table_names) == [], "ini options of the modelport pytest plugin missing from the guide"
+    unmentioned = [name for name in modelport.testing.__all__ if not re.search(rf"[`.]{name}\b", text)]
+    assert unmentioned == [], "names in modelport.testing.__all__ that the guide's testing section never mentions"
+
+
 # --- the worked example -----------------------------------------------------------
 
 
