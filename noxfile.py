@@ -1,0 +1,130 @@
+"""Every workflow of modelport: ``nox -s tests`` (the default), ``isolated``, ``lint``, ``types``, ``docs``, ``demo``.
+
+Each session installs with ``-c tests/constraints.txt`` (torch is pinned there: see that
+file). Virtualenvs are reused between runs (``--reuse-venv=no`` rebuilds them), and every
+session still runs its install step, so a reused venv follows dependency changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = "tests/constraints.txt"
+#: Every plugin distribution in plugins/, by folder name.
+PLUGINS = ("hf", "transformers", "mistral", "gguf", "modelscope", "cuda")
+#: The plugins the demo needs to load the default model.
+DEMO_PLUGINS = ("hf", "transformers")
+
+
+def pip_install(session: nox.Session, *args: str) -> None:
+    """``pip install`` under the constraints, without byte-compiling.
+
+    Byte-compiling every module of torch and transformers at install time costs about
+    20 s per venv; Python compiles the few modules a run imports on first use instead.
+    """
+    session.install("-c", CONSTRAINTS, "--no-compile", *args)
+
+
+def install_projects(session: nox.Session, *projects: str, extra: tuple[str, ...] = ()) -> None:
+    """Install local projects (editable) and ``extra`` requirements in one resolver run.
+
+    setuptools goes in first so the local builds skip pip's per-project isolated build
+    environments, which would cost several seconds each.
+    """
+    pip_install(session, "setuptools>=69")
+    editables = [arg for project in projects for arg in ("-e", project)]
+    pip_install(session, "--no-build-isolation", *editables, *extra)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, with core and every plugin installed."""
+    install_projects(session, ".", *(f"plugins/{name}" for name in PLUGINS), extra=("pytest>=8", "hypothesis"))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("plugin", [nox.param(name, id=name) for name in PLUGINS])
+def isolated(session: nox.Session, plugin: str) -> None:
+    """Core plus one plugin alone: core's tests and that plugin's tests must pass without the others."""
+    install_projects(session, ".", f"plugins/{plugin}", extra=("pytest>=8",))
+    paths = ["tests/core", f"tests/plugins/{plugin}"]
+    missing = [path for path in paths if not (ROOT / path).is_dir()]
+    if missing:
+        session.error(f"no tests for this session at {', '.join(missing)}")
+    session.run("pytest", *paths, *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff's checks over the whole repository."""
+    pip_install(session, "ruff")
+    session.run("ruff", "check", *session.posargs)
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """Mypy, strict, on core (configured in pyproject.toml [tool.mypy])."""
+    install_projects(session, ".", extra=("mypy", "pytest>=8"))
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site; any warning (a broken link, a page missing from nav) fails."""
+    config = ROOT / "docs" / "mkdocs.yml"
+    if not config.is_file():
+        session.skip(f"{config.relative_to(ROOT)} does not exist yet")
+    requirements = ROOT / "docs" / "requirements.txt"
+    pip_install(session, "mkdocs", *(("-r", str(requirements)) if requirements.is_file() else ()))
+    session.run("mkdocs", "build", "--strict", "-f", str(config.relative_to(ROOT)), *session.posargs)
+
+
+DEMO_SNIPPET = """
+import pathlib
+
+import torch
+
+import modelport
+
+path = pathlib.Path(modelport.__file__).parent / "data" / "default-model"
+loaded = modelport.load(str(path))
+prompt = "The quick brown fox"
+input_ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids
+with torch.no_grad():
+    logits = loaded.model.forward(input_ids)
+top = torch.topk(torch.softmax(logits[0, -1].float(), dim=-1), 5)
+print(f"modelport.load({str(path)!r}): {loaded.resolved.architecture.name} in {loaded.resolved.dtype}")
+print(f"Top 5 next tokens after {prompt!r}:")
+for probability, token_id in zip(top.values.tolist(), top.indices.tolist()):
+    print(f"  {token_id:>4}  {loaded.tokenizer.decode([token_id])!r:<12} {probability:.4f}")
+print("(The default model's weights are random for now, so these guesses are noise.)")
+"""
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Install modelport with the hf and transformers plugins; list plugins, inspect and run the default model.
+
+    Installed from wheels, not editable, so this also proves the default model ships in the package.
+    """
+    pip_install(session, ".", *(f"plugins/{name}" for name in DEMO_PLUGINS))
+    model = session.run(
+        "python",
+        "-c",
+        "import modelport, pathlib; print(pathlib.Path(modelport.__file__).parent / 'data' / 'default-model')",
+        silent=True,
+    )
+    assert isinstance(model, str)
+    session.run("modelport", "plugins")
+    session.run("modelport", "inspect", model.strip())
+    snippet = Path(session.create_tmp()) / "top5.py"
+    snippet.write_text(DEMO_SNIPPET)
+    session.run("python", str(snippet))
