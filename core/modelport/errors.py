@@ -168,12 +168,26 @@ class AccessDeniedError(ModelportError):
         super().__init__(f"access to {reference} denied: {detail}")
 
 
+class DownloadError(ModelportError):
+    """A file could not be fetched from a remote source (network failure, server error, interrupted transfer).
+
+    Nothing half-written is left in the cache: the next attempt starts clean.
+    """
+
+    def __init__(self, reference: str, file: str | None, detail: str) -> None:
+        self.reference = reference
+        self.file = file
+        what = f"{file!r} of {reference}" if file else reference
+        super().__init__(f"download of {what} failed: {detail}")
+
+
 class ExecutorError(ModelportError):
     """No executor can run the model on the requested device."""
 
 
 __all__ = [
     "AccessDeniedError",
+    "DownloadError",
     "ExecutorError",
     "InvalidConfigError",
     "InvalidOptionError",

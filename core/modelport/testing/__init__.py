@@ -11,16 +11,21 @@ the builders directly:
   with a ``modelport.plugins`` entry point, visible to ``importlib.metadata``.
 * :func:`isolated_host` builds a :class:`~modelport.plugins.PluginHost` that sees
   only built-ins and the plugins named.
+* :class:`HubServer` is a local Hugging Face Hub on 127.0.0.1 that the real
+  ``huggingface_hub`` client downloads from (branches, tags, gated and private
+  repositories, injected 5xx errors and cut transfers, a log of every request).
 """
 
 from __future__ import annotations
 
 from modelport.testing.distributions import PluginDistribution, make_plugin_distribution
 from modelport.testing.hosts import isolated_host, registered_plugin
+from modelport.testing.hub_server import HubServer
 from modelport.testing.models import TINY_ARCHITECTURES, make_tiny_model, make_tokenizer
 
 __all__ = [
     "TINY_ARCHITECTURES",
+    "HubServer",
     "PluginDistribution",
     "isolated_host",
     "make_plugin_distribution",

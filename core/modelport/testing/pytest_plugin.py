@@ -9,7 +9,8 @@ the environment's plugins unchanged.
 Fixtures: ``modelport_host`` (the isolated host), ``tiny_model`` (a factory
 around :func:`~modelport.testing.make_tiny_model` writing under ``tmp_path``),
 ``plugin_distribution`` (a factory for throwaway installed distributions,
-removed after the test).
+removed after the test), ``hub_server`` (a local Hugging Face Hub, with the
+environment pointing the Hugging Face client and cache at it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 
 from modelport import plugins as _plugins
 from modelport.testing.distributions import PluginDistribution, make_plugin_distribution
+from modelport.testing.hub_server import HubServer
 from modelport.testing.models import make_tiny_model
 
 
@@ -87,3 +89,35 @@ def plugin_distribution(tmp_path: Path) -> Iterator[Callable[..., PluginDistribu
     for dist in made:
         dist.deactivate()
     _plugins.reset_host()
+
+
+#: Environment variables the ``hub_server`` fixture clears, so no user setting leaks into a test.
+_HUB_ENV_CLEARED = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HUGGINGFACE_HUB_CACHE",
+)
+
+
+@pytest.fixture
+def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """A running local Hugging Face Hub (:class:`~modelport.testing.hub_server.HubServer`), stopped after the test.
+
+    For the test's duration ``HF_ENDPOINT`` points at it, ``HF_HOME`` and
+    ``HF_HUB_CACHE`` at fresh folders under ``tmp_path`` (``hf_home`` and
+    ``hf_home/hub``), and ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` are unset. Code
+    that reads these when it runs (as ``modelport-hf`` does) talks to the
+    server; ``huggingface_hub`` itself reads them once, when first imported, so
+    pass ``endpoint=hub_server.url`` to its functions when calling them directly.
+    """
+    home = tmp_path / "hf_home"
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(home))
+        monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        for name in _HUB_ENV_CLEARED:
+            monkeypatch.delenv(name, raising=False)
+        yield server
