@@ -31,6 +31,20 @@ TOKENIZER_FILES = (
 
 
 @hookimpl
+def modelport_classify_reference(reference: str, options: LoadOptions) -> Decision[Source] | None:
+    """A Hugging Face repository id (``name`` or ``org/name``) that is not a local path.
+
+    The revision is pinned to a commit here, once (see :mod:`modelport_hf.hub`).
+    """
+    from modelport_hf.hub import HubSource, looks_like_repo_id
+
+    if not looks_like_repo_id(reference):
+        return None
+    source = HubSource.from_options(reference, options)
+    return Decision(source, f"a Hub repository id; {source.pinned_by}; files listed by {source.listed_by}")
+
+
+@hookimpl
 def modelport_register_config_formats(register: Callable[..., None]) -> None:
     """``hf``: a folder with config.json."""
     register("hf", "Hugging Face config.json")
