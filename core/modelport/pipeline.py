@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelport.errors import (
@@ -166,11 +167,17 @@ class _Run:
             step, "modelport_classify_reference", lambda s: s.location, reference=reference, options=self.options
         )
         if answer.value is None:
-            raise ReferenceNotFoundError(
-                reference,
-                "it is not a local path and no installed plugin recognises it "
-                f"(asked: {', '.join(answer.asked) or 'none'}; install modelport-hf for Hugging Face ids)",
-            )
+            asked = ", ".join(answer.asked) or "none"
+            if Path(reference).expanduser().exists():
+                detail = (
+                    f"it exists locally, but no plugin took it (asked: {asked}; is modelport.builtin.local disabled?)"
+                )
+            else:
+                detail = (
+                    "it is not a local path and no installed plugin recognises it "
+                    f"(asked: {asked}; install modelport-hf for Hugging Face ids)"
+                )
+            raise ReferenceNotFoundError(reference, detail)
         source: Source = answer.value
         return source
 
@@ -209,6 +216,10 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
                 config_source.location, registry.names("config_format"), f"files: {shown or 'none'}"
             )
         config_format = str(answer.value)
+        if config_format not in registry.names("config_format"):
+            raise PluginError(
+                answer.plugin or "", f"detected config format {config_format!r}, which no plugin registered"
+            )
     else:
         config_format = opts.config_format
         trace.record("format", "modelport", config_format, "given by config_format option", 0.0)
@@ -232,6 +243,10 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
         with trace.timed("overrides", "modelport", "applied hf_overrides", "") as info:
             before = _snapshot(hf_config)
             hf_config = apply_overrides(hf_config, opts.hf_overrides)
+            # A parser may have applied scalar overrides already (so they could pick the config class):
+            # name the keys as well as what changed here.
+            keys = sorted(opts.hf_overrides) if isinstance(opts.hf_overrides, Mapping) else ["<callable>"]
+            info["decision"] = f"applied hf_overrides: {', '.join(keys)}"
             info["reason"] = _changes(before, _snapshot(hf_config))
 
     context = PatchContext(config_source, config_format, opts)

@@ -40,9 +40,12 @@ from modelport.registry import Registry
 from modelport.types import Decision
 
 ENTRY_POINT_GROUP = "modelport.plugins"
+#: The distribution shown for plugins registered with :meth:`PluginHost.register` from code.
+CODE_REGISTERED = "(registered in code)"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("modelport.builtin.local", "modelport.builtin.local"),
     ("modelport.builtin.architectures", "modelport.builtin.architectures"),
+    ("modelport.builtin.cpu", "modelport.builtin.cpu"),
 )
 
 hook_log = logging.getLogger("modelport.hooks")
@@ -199,14 +202,12 @@ class PluginHost:
 
     def _fail(self, name: str, distribution: str, version: str, error: str) -> None:
         failure = PluginFailure(name, distribution, version, error)
+        origin = "registered in code" if distribution == CODE_REGISTERED else f"distribution {distribution} {version}"
+        origin = origin.rstrip()
         if self.strict:
-            raise PluginError(name, f"could not be loaded: {error} (distribution {distribution} {version})".rstrip())
+            raise PluginError(name, f"could not be loaded: {error} ({origin})")
         self.failures.append(failure)
-        warnings.warn(
-            f"modelport: plugin {name!r} from distribution {distribution} {version} was skipped: {error}",
-            PluginWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"modelport: plugin {name!r} ({origin}) was skipped: {error}", PluginWarning, stacklevel=3)
 
     def register(
         self,
@@ -228,19 +229,30 @@ class PluginHost:
         if distribution is None:
             distribution, version = _distribution_of(plugin, builtin)
         version = version or ""
+        impls = _hookimpls_of(plugin)
+        unknown = [hook for hook, _ in impls if not hook.startswith("modelport_") or not hasattr(hookspecs, hook)]
+        if unknown:
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, _spec_names(), n=1)
+                hints.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            self._reject(name, distribution, version, f"unknown hook {', '.join(hints)}", builtin)
+            return False
+        wrappers = [hook for hook, opts in impls if opts.get("wrapper") or opts.get("hookwrapper")]
+        if wrappers:
+            self._reject(
+                name,
+                distribution,
+                version,
+                f"hook wrappers are not supported ({', '.join(wrappers)}): modelport calls implementations "
+                "one by one to record which plugin answered",
+                builtin,
+            )
+            return False
         try:
             self.pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             self._reject(name, distribution, version, str(exc), builtin)
-            return False
-        unknown = [impl_name for impl_name in _hookimpl_names(plugin) if not hasattr(hookspecs, impl_name)]
-        if unknown:
-            self.pm.unregister(name=name)
-            hints = []
-            for impl_name in unknown:
-                close = difflib.get_close_matches(impl_name, _spec_names(), n=1)
-                hints.append(f"{impl_name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            self._reject(name, distribution, version, f"unknown hook {', '.join(hints)}", builtin)
             return False
         hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
         self.plugins[name] = PluginInfo(name, distribution, version, builtin, hooks)
@@ -263,7 +275,7 @@ class PluginHost:
     def plugin(self, plugin: object, name: str | None = None) -> Iterator[str]:
         """Register ``plugin`` for the duration of a ``with`` block; yields its name."""
         plugin_name = name or getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
-        if not self.register(plugin, plugin_name, distribution="(registered in code)", version=""):
+        if not self.register(plugin, plugin_name, distribution=CODE_REGISTERED, version=""):
             raise PluginError(plugin_name, self.failures[-1].error if self.failures else "rejected")
         try:
             yield plugin_name
@@ -289,11 +301,11 @@ class PluginHost:
         for impl in self._impls(hook_name):
             asked.append(impl.plugin_name)
             result = impl.function(*[kwargs[a] for a in impl.argnames])
-            if result is None:
-                continue
             reason = ""
             if isinstance(result, Decision):
                 result, reason = result.value, result.reason
+            if result is None:  # a bare None or a Decision(None, ...) both pass
+                continue
             answer = Answer(result, impl.plugin_name, reason, tuple(asked), time.perf_counter() - start)
             if self.trace:
                 hook_log.debug("%s asked %s -> %s answered %s", hook_name, asked, impl.plugin_name, _short(result))
@@ -310,7 +322,16 @@ class PluginHost:
             for hook_name, kind in hookspecs.REGISTER_HOOKS.items():
                 impls = self._impls(hook_name)
                 for impl in impls:
-                    impl.function(registry.registrar(kind, impl.plugin_name))
+                    mark = registry.mark()
+                    try:
+                        impl.function(registry.registrar(kind, impl.plugin_name))
+                    except Exception as exc:  # one plugin's bad registration must not break the others
+                        registry.rollback(mark)
+                        info = self.plugins.get(impl.plugin_name)
+                        detail = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+                        if info is None or info.builtin:
+                            raise PluginError(impl.plugin_name, detail) from exc
+                        self._fail(info.name, info.distribution, info.version, detail)
                 if self.trace:
                     hook_log.debug(
                         "%s asked %s -> registered %s",
@@ -342,18 +363,20 @@ class PluginHost:
         return out
 
 
-def _hookimpl_names(plugin: object) -> list[str]:
-    names = []
+def _hookimpls_of(plugin: object) -> list[tuple[str, dict[str, Any]]]:
+    """``(hook name, options)`` of every attribute marked with ``@hookimpl`` (``specname`` honoured)."""
+    found = []
     for attr in dir(plugin):
         if attr.startswith("__"):
             continue
         try:
             value = getattr(plugin, attr)
-        except Exception:
+        except Exception:  # a property that raises is no hook implementation
             continue
-        if callable(value) and hasattr(value, hookspecs.PROJECT + "_impl"):
-            names.append(attr)
-    return names
+        opts = getattr(value, hookspecs.PROJECT + "_impl", None) if callable(value) else None
+        if isinstance(opts, dict):
+            found.append((opts.get("specname") or attr, opts))
+    return found
 
 
 def _spec_names() -> list[str]:
@@ -363,7 +386,7 @@ def _spec_names() -> list[str]:
 def _distribution_of(plugin: object, builtin: bool) -> tuple[str, str]:
     if builtin:
         return "modelport", _version("modelport")
-    return "(registered in code)", ""
+    return CODE_REGISTERED, ""
 
 
 def _version(dist: str) -> str:

@@ -97,6 +97,15 @@ class Registry:
 
         return register_name
 
+    def mark(self) -> tuple[int, int]:
+        """A point to :meth:`rollback` to (used to drop a failing plugin's partial registrations)."""
+        return len(self.entries), len(self._patches)
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget every registration made since ``mark``."""
+        del self.entries[mark[0] :]
+        del self._patches[mark[1] :]
+
     # --- queries ------------------------------------------------------------------
 
     def of_kind(self, kind: str) -> list[RegistryEntry]:

@@ -111,3 +111,15 @@ def test_unknown_option_value_on_the_command_line(toy_native, toy_model, capsys)
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "inspect" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.run(
+        f"{sys.executable} -m modelport plugins --json | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout == "{"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -85,7 +85,9 @@ def test_hf_overrides_dict_reaches_the_config_before_patches(toy_native, toy_mod
         resolved = modelport.resolve(str(toy_model()), hf_overrides={"vocab_size": 777, "max_position_embeddings": 64})
     assert seen["vocab_size"] == 777
     assert resolved.max_model_len == 64
-    assert resolved.trace.find("overrides")[0].reason == "changed max_position_embeddings, vocab_size"
+    step = resolved.trace.find("overrides")[0]
+    assert step.decision == "applied hf_overrides: max_position_embeddings, vocab_size"
+    assert step.reason == "changed max_position_embeddings, vocab_size"
 
 
 def test_patch_returning_something_else_than_a_config_is_a_plugin_error(toy_native, toy_model):

@@ -144,7 +144,7 @@ def test_hook_with_an_argument_the_spec_lacks_is_rejected():
 def test_builtins_are_registered_through_the_same_manager():
     host = PluginHost(load_entry_points=False)
     builtin = {name: info for name, info in host.plugins.items() if info.builtin}
-    assert set(builtin) == {"modelport.builtin.local", "modelport.builtin.architectures"}
+    assert {"modelport.builtin.local", "modelport.builtin.architectures", "modelport.builtin.cpu"} <= set(builtin)
     assert builtin["modelport.builtin.local"].distribution == "modelport"
     assert "modelport_classify_reference" in builtin["modelport.builtin.local"].hooks
     assert host.pm.get_plugin("modelport.builtin.local") is not None
@@ -208,3 +208,76 @@ def test_no_warning_for_a_clean_environment():
         warnings.simplefilter("error")
         reset_host()
         get_host()
+
+
+def test_hook_wrappers_are_rejected_with_the_reason():
+    class Wrapper:
+        @modelport.hookimpl(wrapper=True)
+        def modelport_detect_config_format(self, source, options):
+            return (yield)
+
+    host = PluginHost(load_entry_points=False)
+    with pytest.warns(PluginWarning, match="hook wrappers are not supported"):
+        assert host.register(Wrapper(), "wrapper") is False
+
+
+def test_specname_names_the_hook_an_implementation_serves():
+    class Named:
+        @modelport.hookimpl(specname="modelport_register_load_formats")
+        def load_formats(self, register):
+            register("named-format")
+
+    host = PluginHost(load_entry_points=False)
+    assert host.register(Named(), "named") is True
+    assert host.registry.names("load_format") == ["named-format"]
+
+
+def test_a_failing_register_hook_is_reported_and_the_rest_still_register(monkeypatch):
+    class Good:
+        @modelport.hookimpl
+        def modelport_register_load_formats(self, register):
+            register("good-format")
+
+    class Bad:
+        @modelport.hookimpl
+        def modelport_register_load_formats(self, register):
+            register("half-registered")
+            raise RuntimeError("boom")
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Good(), "good")
+    host.register(Bad(), "bad")
+    with pytest.warns(PluginWarning, match=r"'bad' \(registered in code\) was skipped: .*RuntimeError: boom"):
+        names = host.registry.names("load_format")
+    assert names == ["good-format"]  # the failing plugin's partial registration is rolled back
+    strict = PluginHost(load_entry_points=False, strict=True)
+    strict.register(Bad(), "bad")
+    with pytest.raises(PluginError, match="boom"):
+        strict.registry.names("load_format")
+
+
+def test_a_decision_without_a_value_passes_to_the_next_plugin(toy):
+    class Passes:
+        @modelport.hookimpl(tryfirst=True)
+        def modelport_detect_config_format(self, source, options):
+            return modelport.Decision(None, "not mine")
+
+    with toy.plugin(Passes(), "passes"):
+        answer = toy.call_first("modelport_detect_config_format", source=_Exists(), options=None)
+    assert answer.plugin == "toy-format"
+    assert answer.asked == ("passes", "toy-format")
+
+
+class _Exists:
+    def exists(self, path):
+        return True
+
+
+def test_a_detected_format_that_nobody_registered_is_a_plugin_error(toy, toy_model):
+    class Liar:
+        @modelport.hookimpl(tryfirst=True)
+        def modelport_detect_config_format(self, source, options):
+            return "imaginary"
+
+    with toy.plugin(Liar(), "liar"), pytest.raises(PluginError, match="'imaginary', which no plugin registered"):
+        modelport.resolve(str(toy_model()))
