@@ -17,6 +17,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "resolve": "modelport.pipeline",
+    "LLM": "modelport.llm",
+    "SamplingParams": "modelport.sampling",
+    "RequestOutput": "modelport.outputs",
+    "CompletionOutput": "modelport.outputs",
     "load": "modelport.pipeline",
     "ResolvedModel": "modelport.pipeline",
     "LoadedModel": "modelport.pipeline",
@@ -41,15 +45,19 @@ _LAZY = {
 
 __all__ = [
     "ArchitectureChoice",
+    "CompletionOutput",
     "ConfigPatch",
     "Decision",
+    "LLM",
     "LoadOptions",
     "LoadedModel",
     "LocalSource",
     "PatchContext",
     "PatchPhase",
     "PluginHost",
+    "RequestOutput",
     "ResolvedModel",
+    "SamplingParams",
     "Source",
     "TokenizerSpec",
     "Trace",
@@ -67,9 +75,12 @@ __all__ = [
 if TYPE_CHECKING:
     from modelport import errors
     from modelport.hookspecs import hookimpl
+    from modelport.llm import LLM
     from modelport.options import LoadOptions
+    from modelport.outputs import CompletionOutput, RequestOutput
     from modelport.pipeline import LoadedModel, ResolvedModel, WeightReport, load, resolve
     from modelport.plugins import PluginHost, get_host
+    from modelport.sampling import SamplingParams
     from modelport.trace import Trace, TraceStep
     from modelport.types import (
         ArchitectureChoice,

@@ -31,7 +31,9 @@ import pluggy
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from modelport.executor import ExecutorSettings
     from modelport.options import LoadOptions
+    from modelport.pipeline import LoadedModel
     from modelport.registry import Registry
     from modelport.types import ArchitectureChoice, ConfigPatch, Source, TokenizerSpec, WeightFiles
 
@@ -248,8 +250,19 @@ def modelport_register_executors(register: Callable[..., None]) -> None:
 
 
 @hookspec(firstresult=True)
-def modelport_create_executor(device: str, model: Any, options: LoadOptions) -> Any | None:
+def modelport_create_executor(
+    device: str, model: Any, options: LoadOptions, loaded: LoadedModel, settings: ExecutorSettings
+) -> Any | None:
     """Create an executor that runs ``model`` on ``device``.
+
+    Args:
+        device: the ``device`` option (``cpu``, ``cuda``, ``cuda:1``...).
+        model: the loaded model (keeps :class:`~modelport.models.protocol.CausalLM`).
+        options: the load options.
+        loaded: the whole :class:`~modelport.pipeline.LoadedModel` (tokenizer, facts, max_model_len).
+        settings: capacity settings (:class:`~modelport.executor.ExecutorSettings`).
+
+    Core's CPU executor is ``trylast``, so a plugin can take over ``cpu`` too.
 
     Returns:
         The executor, or ``None`` if this plugin does not drive ``device``.

@@ -1,0 +1,46 @@
+"""Built-in plugin: the CPU executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from modelport.hookspecs import hookimpl
+from modelport.options import LoadOptions
+from modelport.types import Decision
+
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+@hookimpl
+def modelport_register_executors(register: Callable[..., None]) -> None:
+    """``cpu``: continuous batching with a paged KV cache, in core."""
+    register("cpu", "continuous batching, paged KV cache, chunked prefill (modelport.executor.CPUExecutor)")
+
+
+@hookimpl(trylast=True)
+def modelport_create_executor(device: str, model: Any, options: LoadOptions, loaded: Any, settings: Any) -> Any:
+    """A :class:`~modelport.executor.CPUExecutor` when ``device`` is ``cpu``."""
+    if device != "cpu":
+        return None
+    from modelport.executor import CPUExecutor
+
+    resolved = loaded.resolved
+    facts = resolved.facts
+    config = resolved.hf_text_config
+    eos = getattr(config, "eos_token_id", None)
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    tokenizer = loaded.tokenizer
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        eos_ids.add(int(tokenizer.eos_token_id))
+    per_token = 2 * (facts.num_hidden_layers or 0) * (facts.num_kv_heads or 0) * (facts.head_dim or 0)
+    executor = CPUExecutor(
+        model,
+        tokenizer,
+        max_model_len=resolved.max_model_len,
+        vocab_size=facts.vocab_size or 0,
+        eos_token_ids=eos_ids,
+        kv_bytes_per_token=per_token * _BYTES.get(resolved.dtype, 4),
+        settings=settings,
+    )
+    return Decision(executor, f"device {device!r}: {executor.allocator.num_blocks} KV blocks")
