@@ -1,8 +1,10 @@
 """The ``modelport`` command.
 
 ``modelport inspect REF [--json] [options]`` prints the resolved model and its
-trace; ``modelport plugins [--json]`` lists every plugin. Errors print one or
-two lines, no traceback, and exit with status 1 (2 for usage errors).
+trace; ``modelport generate REF PROMPT`` streams a completion; ``modelport chat
+REF`` is an interactive session; ``modelport plugins [--json]`` lists every
+plugin. Errors print one or two lines, no traceback, and exit with status 1
+(2 for usage errors).
 """
 
 from __future__ import annotations
@@ -57,6 +59,29 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, default=None, metavar="VALUE", help=help_text)
 
 
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (the fields of modelport.SamplingParams)")
+    group.add_argument("--max-tokens", type=int, default=128, metavar="N", help="new tokens at most (default 128)")
+    group.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default 0.8)")
+    group.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling mass (default 0.95)")
+    group.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely tokens (0: all)")
+    group.add_argument("--seed", type=int, default=None, metavar="S", help="make the output reproducible")
+    group.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop at this text (repeatable)")
+
+
+def _sampling_from_args(args: argparse.Namespace) -> Any:
+    from modelport.sampling import SamplingParams
+
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+    )
+
+
 def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from modelport.errors import InvalidOptionError
     from modelport.options import LoadOptions
@@ -90,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("reference", metavar="REF", help="local path, repository id, ...")
     inspect.add_argument("--json", action="store_true", help="print the stable JSON form")
     _add_load_options(inspect)
+
+    generate = sub.add_parser("generate", help="generate text for a prompt, streamed to the terminal")
+    generate.add_argument("reference", metavar="REF", help="local path, repository id, ...")
+    generate.add_argument("prompt", metavar="PROMPT", help="the prompt text")
+    _add_sampling_options(generate)
+    _add_load_options(generate)
+
+    chat = sub.add_parser("chat", help="an interactive chat through the model's chat template")
+    chat.add_argument("reference", metavar="REF", help="local path, repository id, ...")
+    chat.add_argument("--system", default=None, help="a system message to start the conversation with")
+    _add_sampling_options(chat)
+    _add_load_options(chat)
 
     plugins = sub.add_parser("plugins", help="list installed plugins, built-ins included")
     plugins.add_argument("--json", action="store_true", help="print the stable JSON form")
@@ -133,6 +170,46 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print("\ntrace:")
     print(resolved.trace.format())
     return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from modelport.llm import LLM
+
+    params = _sampling_from_args(args)
+    llm = LLM(args.reference, **_options_from_args(args))
+    for piece in llm.stream(args.prompt, params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
+    from modelport.llm import LLM
+
+    stdin = stdin or sys.stdin
+    params = _sampling_from_args(args)
+    llm = LLM(args.reference, **_options_from_args(args))
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("you> ")
+            sys.stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return 0
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        sys.stdout.write("model> ")
+        reply = []
+        for piece in llm.stream(llm.chat_prompt(messages), params):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
 
 
 def _shape(facts: Any) -> str:
@@ -185,6 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             return _cmd_inspect(args)
+        if args.command == "generate":
+            return _cmd_generate(args)
+        if args.command == "chat":
+            return _cmd_chat(args)
         return _cmd_plugins(args)
     except ModelportError as exc:
         print(f"modelport: error: {exc}", file=sys.stderr)
