@@ -53,7 +53,9 @@ def modelport_classify_reference(reference: str, options: LoadOptions) -> Source
         reference: the model reference (``org/name``, ``./folder``, ``m.gguf``,
             ``org/repo:Q4_K_M``...). Also called for ``hf_config_path`` and
             ``tokenizer`` references.
-        options: the load options (``revision``, ``token``, ``offline``...).
+        options: the load options (``revision``, ``token``, ``offline``...). For
+            the tokenizer's reference with ``tokenizer_revision`` set, ``revision``
+            is ``tokenizer_revision``.
 
     Returns:
         A source, or ``None`` if this plugin does not recognise the reference.

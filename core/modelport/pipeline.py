@@ -162,9 +162,13 @@ class _Run:
         if value not in valid:
             raise InvalidOptionError(option, value, valid)
 
-    def classify(self, step: str, reference: str) -> Source:
+    def classify(self, step: str, reference: str, options: LoadOptions | None = None) -> Source:
         answer = self.ask(
-            step, "modelport_classify_reference", lambda s: s.location, reference=reference, options=self.options
+            step,
+            "modelport_classify_reference",
+            lambda s: s.location,
+            reference=reference,
+            options=options or self.options,
         )
         if answer.value is None:
             asked = ", ".join(answer.asked) or "none"
@@ -304,7 +308,12 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     if opts.skip_tokenizer_init:
         trace.record("tokenizer", "modelport", "skipped", "skip_tokenizer_init=True", 0.0)
     else:
-        tok_source = run.classify("tokenizer_source", opts.tokenizer) if opts.tokenizer else source
+        if opts.tokenizer_revision and opts.tokenizer_revision != opts.revision:
+            # The tokenizer (the model's own when no tokenizer is named) at its own revision.
+            tok_options = opts.replace(revision=opts.tokenizer_revision)
+            tok_source = run.classify("tokenizer_source", opts.tokenizer or reference, tok_options)
+        else:
+            tok_source = run.classify("tokenizer_source", opts.tokenizer) if opts.tokenizer else source
         answer = run.ask(
             "tokenizer",
             "modelport_resolve_tokenizer",

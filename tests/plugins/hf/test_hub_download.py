@@ -244,6 +244,21 @@ def test_hf_config_path_and_tokenizer_can_come_from_other_repos(hub_server, tiny
     assert hub_server.count(repo_id="org/weights", filename="config.json") == 0
 
 
+def test_tokenizer_revision_takes_the_tokenizer_from_its_own_commit(tiny_repo, hub_server):
+    from modelport.testing import make_tokenizer
+
+    first = tiny_repo.resolve("main").sha
+    tok_dir = Path(f"{tiny_repo.folder}-tok")
+    smaller = len(make_tokenizer(tok_dir, vocab_size=300))
+    second = tiny_repo.commit({p.name: p.read_bytes() for p in tok_dir.iterdir()}, keep_existing=True)
+    resolved = modelport.resolve("org/tiny", revision=second, tokenizer_revision=first)
+    assert resolved.source.revision == second
+    assert resolved.tokenizer.source.revision == first
+    loaded = modelport.load("org/tiny", revision=second, tokenizer_revision=first, load_format="dummy")
+    assert len(loaded.tokenizer) == 384
+    assert len(modelport.load("org/tiny", revision=second, load_format="dummy").tokenizer) == smaller != 384
+
+
 def test_code_revision_pins_remote_code_to_its_own_commit(tiny_repo, hub_server, tiny_model):
     code = tiny_repo.commit({"modeling_tiny.py": "X = 1\n"}, keep_existing=True, message="code")
     tiny_repo.tag("code-v1", code)
