@@ -71,6 +71,7 @@ from typing import Any
 from modelport.errors import (
     AccessDeniedError,
     DownloadError,
+    InvalidOptionError,
     ModelportError,
     OfflineMissError,
     ReferenceNotFoundError,
@@ -213,6 +214,8 @@ class HubSource(Source):
         self.repo_id = repo_id
         self.reference = repo_id
         self.requested_revision = revision or "main"
+        if not _is_relative(self.requested_revision):
+            raise InvalidOptionError("revision", revision, detail="expected a branch, tag or commit name")
         self._token = token
         self.endpoint = (endpoint or hub_endpoint()).rstrip("/")
         self.cache_dir = Path(cache_dir if cache_dir is not None else hub_cache_dir()).expanduser().resolve()
@@ -279,7 +282,7 @@ class HubSource(Source):
         found: dict[str, Path] = {}
         missing: list[str] = []
         for path in wanted:
-            if path not in self._file_set and not self._partial_listing:
+            if not _is_relative(path) or (path not in self._file_set and not self._partial_listing):
                 raise ReferenceNotFoundError(self.repo_id, f"no file {path!r} in {self.location}")
             local = self.snapshot_dir / path
             if local.is_file():
@@ -512,7 +515,8 @@ class HubSource(Source):
         if isinstance(exc, hf_errors.RepositoryNotFoundError):
             return ReferenceNotFoundError(
                 self.repo_id,
-                f"no such repository on {self.endpoint}, or it is private and {self._token_note()}",
+                f"not a local path, and no such repository on {self.endpoint}, "
+                f"or it is private and {self._token_note()}",
             )
         if isinstance(exc, hf_errors.RevisionNotFoundError):
             return ReferenceNotFoundError(
@@ -537,9 +541,19 @@ class HubSource(Source):
             return DownloadError(
                 self.repo_id, path, f"{self.endpoint} could not be reached{reason} and it is not cached"
             )
-        if _is_transport_error(exc) or isinstance(exc, OSError):
+        if _is_transport_error(exc):
+            return DownloadError(
+                self.repo_id, path, f"{self.endpoint} could not be reached ({self._scrub(_first_line(exc))})"
+            )
+        if isinstance(exc, OSError):  # the library's size check of a finished transfer, a full disk...
             return DownloadError(self.repo_id, path, self._scrub(_first_line(exc)))
         return None
+
+
+def _is_relative(path: str) -> bool:
+    # Revisions and file names become paths in the cache: never absolute, never climbing out of it.
+    parts = path.replace("\\", "/").split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,6 +114,20 @@ def test_a_missing_repo_is_a_reference_error_that_mentions_tokens(hub_server):
     assert "org/nothing" in str(info.value) and "HF_TOKEN" in str(info.value)
 
 
+def test_an_unreachable_hub_falls_back_on_the_cached_commit(tiny_repo, hub_server):
+    first = modelport.load("org/tiny")
+    hub_server.stop()
+    again = modelport.load("org/tiny")
+    assert again.resolved.source.revision == first.resolved.source.revision
+    assert "could not be reached" in again.trace.find("source")[0].reason
+
+
+def test_an_unreachable_hub_with_nothing_cached_is_a_download_error(tiny_repo, hub_server):
+    hub_server.stop()
+    with pytest.raises(DownloadError, match="could not be reached"):
+        modelport.resolve("org/tiny")
+
+
 def test_a_missing_revision_is_a_reference_error_naming_it(tiny_repo):
     with pytest.raises(ReferenceNotFoundError, match="no revision 'v9'"):
         modelport.resolve("org/tiny", revision="v9")
@@ -126,6 +140,17 @@ def test_a_missing_file_is_a_reference_error_naming_it_without_asking_the_hub(ti
     with pytest.raises(ReferenceNotFoundError, match=r"preprocessor_config\.json"):
         source.fetch("preprocessor_config.json")
     assert hub_server.requests == []
+
+
+def test_revisions_and_file_names_never_reach_outside_the_cache(tiny_repo, hub_server):
+    from modelport.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="revision"):
+        modelport.resolve("org/tiny", revision="../../elsewhere")
+    source = modelport.resolve("org/tiny").source
+    for path in ("../refs/main", "/etc/hostname", "a//b"):
+        with pytest.raises(ReferenceNotFoundError):
+            source.fetch(path)
 
 
 def test_gated_repo_without_a_token_is_access_denied(hub_server, tiny_model):
