@@ -296,6 +296,46 @@ def test_code_revision_pins_remote_code_to_its_own_commit(tiny_repo, hub_server,
     assert HubSource.from_options("org/tiny", LoadOptions()).code_source().revision == source.revision
 
 
+REMOTE_CONFIG = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+from transformers import PretrainedConfig
+
+class MarkerConfig(PretrainedConfig):
+    model_type = "marker-model"
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.py builds remote-code configs from the folder of config.json, which for a Hub source holds "
+    "only the files fetched so far; it must fetch the auto_map modules through source.code_source() first",
+)
+def test_remote_code_from_a_hub_repo_runs_with_trust_remote_code(hub_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "marker.txt"
+    config = {
+        "model_type": "marker-model",
+        "architectures": ["MarkerForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_marker.MarkerConfig"},
+    }
+    files = {"config.json": json.dumps(config), "configuration_marker.py": REMOTE_CONFIG.format(marker=str(marker))}
+    hub_server.add_repo("org/remote", files)
+    code = (
+        "import modelport\n"
+        "modelport.resolve('org/remote', load_format='dummy', skip_tokenizer_init=True, trust_remote_code=True)\n"
+    )
+    # In a child process: transformers caches dynamic modules under HF_HOME, set by the fixture to a tmp folder.
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=120
+    )
+    assert marker.exists(), proc.stderr[-2000:]
+    assert "MarkerForCausalLM" in proc.stderr  # the architecture error comes after the config was built
+
+
 def test_the_lock_lives_in_the_cache_next_to_the_blobs(tiny_repo, hub_server, tmp_path):
     modelport.load("org/tiny")
     locks = tmp_path / "hf_home" / "hub" / ".locks" / "models--org--tiny"
