@@ -107,13 +107,23 @@ class WeightReport:
 
     Attributes:
         loaded: names of parameters filled from the weights.
-        missing: parameters that no weight filled.
+        missing: parameters that no weight filled, although the load format
+            reads weights (the model initialised them its own way).
         unexpected: weights that matched no parameter.
+        initialised: parameters left at the model's own (random)
+            initialisation on purpose, because the load format reads no
+            weights at all (``dummy``: every parameter is here, none is
+            ``missing``).
     """
 
     loaded: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
+    initialised: tuple[str, ...] = ()
+
+    def as_initialised(self) -> WeightReport:
+        """The report for a load format that reads no weights: what is ``missing`` is ``initialised``."""
+        return WeightReport(self.loaded, (), self.unexpected, tuple(sorted({*self.initialised, *self.missing})))
 
 
 @dataclass(frozen=True)
@@ -403,8 +413,12 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         report = model.load_weights(_checked(answer.value))
         if not isinstance(report, WeightReport):
             report = WeightReport()
+        if not resolved.weight_files.files:
+            # A format that reads no file (dummy) leaves the parameters at their initialisation on purpose.
+            report = report.as_initialised()
         info["decision"] = (
             f"{len(report.loaded)} loaded, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
+            + (f", {len(report.initialised)} randomly initialised" if report.initialised else "")
         )
 
     tokenizer = None
