@@ -40,6 +40,13 @@ class LLM:
         **options: Any,
     ) -> None:
         self.host = host or get_host()
+        device = str(options.get("device", "cpu"))
+        executors = self.host.registry.names("executor")
+        if device.split(":")[0] not in executors:
+            # Checked before loading: no point reading weights that nothing can run.
+            raise ExecutorError(
+                f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
+            )
         self.loaded: LoadedModel = load(model, host=self.host, **options)
         settings = ExecutorSettings(max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory)
         resolved = self.loaded.resolved
