@@ -14,11 +14,32 @@ from pathlib import Path
 import pytest
 
 import modelport
+from modelport import hookimpl
 from modelport.errors import DownloadError
+from modelport.testing import registered_plugin
+from modelport.types import ArchitectureChoice
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 HERE = Path(__file__).resolve().parent
+
+
+class RecordingArchitectureFirst:
+    """Picks the recording model (tests/plugins/hf/hf_test_models.py) before any real implementation."""
+
+    @hookimpl(tryfirst=True)
+    def modelport_select_architecture(self, hf_config, model_impl, registry):
+        names = getattr(hf_config, "architectures", None)
+        return ArchitectureChoice(names[0], "native", "hf_test_models:RecordingModel") if names else None
+
+
+@pytest.fixture(autouse=True)
+def recording_model(hf_only):
+    """Loaded models keep their weights in ``model.weights``, whatever implementations are installed."""
+    from modelport.plugins import get_host
+
+    with registered_plugin(RecordingArchitectureFirst(), "recording-first", host=get_host()):
+        yield
 
 
 @pytest.fixture
@@ -94,7 +115,7 @@ from modelport.types import ArchitectureChoice
 
 
 class AnyArchitecture:
-    @hookimpl(trylast=True)
+    @hookimpl(tryfirst=True)
     def modelport_select_architecture(self, hf_config, model_impl, registry):
         return ArchitectureChoice(hf_config.architectures[0], "native", "hf_test_models:RecordingModel")
 
