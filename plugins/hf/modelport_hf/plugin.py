@@ -96,7 +96,7 @@ def modelport_parse_config(source: Source, config_format: str, options: LoadOpti
 def modelport_register_tokenizer_modes(register: Callable[..., None]) -> None:
     """``hf`` (fast when available) and ``slow`` (the Python tokenizer)."""
     register("hf", "AutoTokenizer, fast tokenizer when available")
-    register("slow", "AutoTokenizer with use_fast=False")
+    register("slow", "the Python tokenizer: AutoTokenizer with use_fast=False, or SentencePiece's tokenizer.model")
 
 
 @hookimpl
@@ -113,15 +113,12 @@ def modelport_resolve_tokenizer(source: Source, hf_config: Any, options: LoadOpt
 
 @hookimpl
 def modelport_load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any:
-    """``AutoTokenizer.from_pretrained`` on the spec's files."""
+    """``AutoTokenizer`` on the spec's files (``slow``: the Python tokenizer), cached (see tokenizer.py)."""
     if spec.mode not in ("hf", "slow"):
         return None
-    from transformers import AutoTokenizer
+    from modelport_hf.tokenizer import load_tokenizer
 
-    folder = spec.source.fetch_many(spec.files)[spec.files[0]].parent
-    return AutoTokenizer.from_pretrained(
-        folder, use_fast=spec.mode != "slow", trust_remote_code=options.trust_remote_code
-    )
+    return load_tokenizer(spec, options)
 
 
 @hookimpl
