@@ -18,8 +18,8 @@ nox.options.sessions = ["tests"]
 
 ROOT = Path(__file__).parent
 CONSTRAINTS = "tests/constraints.txt"
-#: Every plugin distribution in plugins/, by folder name.
-PLUGINS = ("hf", "transformers", "mistral", "gguf", "modelscope", "cuda")
+#: Every plugin distribution in plugins/, by folder name: a new plugin gets its ``isolated`` session.
+PLUGINS = tuple(sorted(path.parent.name for path in ROOT.glob("plugins/*/pyproject.toml")))
 #: The plugins the demo needs to load the default model.
 DEMO_PLUGINS = ("hf", "transformers")
 
