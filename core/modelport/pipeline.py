@@ -23,6 +23,7 @@ from typing import Any
 from modelport.errors import (
     InvalidOptionError,
     ModelportError,
+    OfflineMissError,
     PluginError,
     ReferenceNotFoundError,
     TokenizerError,
@@ -390,6 +391,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
     run = _Run(host or get_host(), opts)
     resolved = _resolve(run, reference)
     trace = run.trace
+    _fetch_files(resolved, trace)
 
     with trace.timed("model", resolved.architecture.plugin, resolved.architecture.target, "") as info:
         cls = run.registry.load(resolved.architecture.target)
@@ -437,6 +439,33 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         tokenizer = answer.value
 
     return LoadedModel(resolved, model, tokenizer, report, trace)
+
+
+def _fetch_files(resolved: ResolvedModel, trace: Trace) -> None:
+    """Materialise the tokenizer files, then the weight files, before anything is built.
+
+    Small files first, so a tokenizer that cannot be fetched fails before any
+    weight is downloaded; offline, one :class:`OfflineMissError` names every
+    file of the load that is not cached, not just the first.
+    """
+    wanted: list[tuple[Source, tuple[str, ...]]] = []
+    if resolved.tokenizer is not None and resolved.tokenizer.files:
+        wanted.append((resolved.tokenizer.source, resolved.tokenizer.files))
+    if resolved.weight_files.files:
+        wanted.append((resolved.weight_files.source, resolved.weight_files.files))
+    count = sum(len(files) for _, files in wanted)
+    with trace.timed("files", "modelport", f"{count} file(s)", "tokenizer files, then weight files") as info:
+        missing: list[OfflineMissError] = []
+        for source, files in wanted:
+            try:
+                source.fetch_many(files)
+            except OfflineMissError as exc:
+                missing.append(exc)
+        if len(missing) == 1:
+            raise missing[0]
+        if missing:
+            info["decision"] = "offline misses"
+            raise OfflineMissError(resolved.reference, [f for exc in missing for f in exc.missing])
 
 
 def _checked(weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:

@@ -90,6 +90,9 @@ def test_load_downloads_the_model_from_the_hub(tiny_repo, hub_server):
     assert loaded.tokenizer.decode(loaded.tokenizer("Hello world")["input_ids"]) == "Hello world"
     step = loaded.trace.find("source")[0]
     assert step.plugin == "modelport-hf" and "'main' is commit" in step.reason
+    # Small files first: config, then the tokenizer, then the weights.
+    gets = [r.filename for r in hub_server.requests if r.kind == "resolve" and r.method == "GET"]
+    assert gets == ["config.json", *loaded.resolved.tokenizer.files, "model.safetensors"]
 
 
 def test_resolve_downloads_config_only_and_no_weights(tiny_repo, hub_server):
