@@ -95,6 +95,13 @@ def test_load_downloads_the_model_from_the_hub(tiny_repo, hub_server):
     assert gets == ["config.json", *loaded.resolved.tokenizer.files, "model.safetensors"]
 
 
+def test_a_repo_id_without_an_organisation_works_too(hub_server, tiny_model):
+    hub_server.add_repo("tiny-llama", tiny_model())
+    resolved = modelport.resolve("tiny-llama")
+    assert resolved.source.location.startswith("hf:tiny-llama@")
+    assert resolved.hf_config.hidden_size == 64
+
+
 def test_resolve_downloads_config_only_and_no_weights(tiny_repo, hub_server):
     resolved = modelport.resolve("org/tiny")
     assert resolved.weight_files.files == ("model.safetensors",)
