@@ -96,16 +96,8 @@ def parse_config(source: Source, options: LoadOptions, registry: Registry) -> An
     folder = source.fetch("config.json").parent
     try:
         if remote_config and options.trust_remote_code:
-            # The class comes from the repository: let transformers fetch and run it, as the user allowed.
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(
-                folder, trust_remote_code=True, revision=options.code_revision or options.revision
-            )
-            if isinstance(overrides, Mapping):  # AutoConfig re-read the file: carry the scalar overrides over
-                for key, value in overrides.items():
-                    if not isinstance(value, Mapping):
-                        setattr(config, key, value)
+            config = _remote_config_class(source, str(remote_config)).from_dict(data)
+            config._name_or_path = str(folder)
         else:
             # Built from the dict already read (and overridden), so model_type overrides choose the class.
             from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -115,6 +107,30 @@ def parse_config(source: Source, options: LoadOptions, registry: Registry) -> An
     except Exception as exc:  # transformers' config classes raise many types; all mean "this file is wrong"
         raise _rejected(where, "transformers", exc, data) from exc
     return config
+
+
+def _remote_config_class(source: Source, reference: str) -> Any:
+    """The config class ``reference`` (``module.Class``) from the repository's own code, as the user allowed.
+
+    The code comes from the source's code source (``code_revision``) when it
+    has one. Every top-level ``.py`` file is fetched first, since a module may
+    import its siblings; then transformers' dynamic-module loader imports it.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    code_source = getattr(source, "code_source", None)
+    code = code_source() if callable(code_source) else source
+    modules = [f for f in code.list_files() if f.endswith(".py") and "/" not in f]
+    wanted = reference.split("--")[-1].split(".")[0] + ".py"
+    if wanted not in modules:
+        raise InvalidConfigError(
+            code.location,
+            f"it names module {wanted}, which the repository does not have",
+            field="auto_map.AutoConfig",
+            value=reference,
+        )
+    fetched = code.fetch_many(modules)
+    return get_class_from_dynamic_module(reference, str(fetched[wanted].parent))
 
 
 def _rejected(where: str, by: str, exc: Exception, data: dict[str, Any]) -> InvalidConfigError:

@@ -205,3 +205,15 @@ def test_listing_plugins_with_hf_loaded_stays_light():
     env = {**os.environ, "MODELPORT_PLUGINS": "modelport-hf,modelport-transformers"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_remote_code_naming_a_missing_module_is_an_invalid_config(tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "ghost", "auto_map": {"AutoConfig": "configuration_ghost.GhostConfig"}})
+    )
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(folder), load_format="dummy", skip_tokenizer_init=True, trust_remote_code=True)
+    assert "field 'auto_map.AutoConfig' = 'configuration_ghost.GhostConfig'" in str(info.value)
+    assert "configuration_ghost.py" in str(info.value)

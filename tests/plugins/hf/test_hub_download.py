@@ -338,11 +338,6 @@ class MarkerConfig(PretrainedConfig):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py builds remote-code configs from the folder of config.json, which for a Hub source holds "
-    "only the files fetched so far; it must fetch the auto_map modules through source.code_source() first",
-)
 def test_remote_code_from_a_hub_repo_runs_with_trust_remote_code(hub_server, tmp_path):
     import os
     import subprocess
