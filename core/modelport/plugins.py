@@ -45,6 +45,7 @@ CODE_REGISTERED = "(registered in code)"
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("modelport.builtin.local", "modelport.builtin.local"),
     ("modelport.builtin.architectures", "modelport.builtin.architectures"),
+    ("modelport.builtin.native", "modelport.builtin.native"),
     ("modelport.builtin.cpu", "modelport.builtin.cpu"),
 )
 

@@ -1,0 +1,455 @@
+"""Native Llama-family decoders: Llama, Mistral, Qwen2 and Qwen3.
+
+They share one decoder (RMSNorm, rotary grouped-query attention, gated MLP)
+and differ only in details their configs state:
+
+=========  ======================  ==========  =========================================
+class      attention biases        q/k norm    sliding window
+=========  ======================  ==========  =========================================
+Llama      ``attention_bias``      no          never
+Mistral    none                    no          every layer, when ``sliding_window`` is set
+Qwen2      q, k, v always          no          the layers ``layer_types`` marks sliding
+Qwen3      ``attention_bias``      per head    the layers ``layer_types`` marks sliding
+=========  ======================  ==========  =========================================
+
+Parameters carry the names of the Hugging Face checkpoints
+(``model.layers.0.self_attn.q_proj.weight``...), so most weights load by name;
+a subclass maps the names its checkpoints spell otherwise
+(:meth:`LlamaForCausalLM.weight_target`). The modules are built on the meta
+device and given memory once, on the target device; the rotary frequencies
+are computed there, never loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelport.errors import InvalidConfigError
+from modelport.models.attention import BatchLayout, paged_attention
+from modelport.models.kv_cache import PagedKVCache
+from modelport.models.protocol import SequenceBatch
+from modelport.models.rope import RotaryEmbedding, Rotation
+from modelport.pipeline import WeightReport
+
+#: Activation functions by the names configs use (``hidden_act``).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """Everything the decoder reads from the config, checked once.
+
+    Attributes:
+        vocab_size: rows of the embedding and of the output head.
+        hidden_size: width of the residual stream.
+        num_layers: decoder layers.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (fewer than ``num_heads`` with grouped-query attention).
+        head_dim: size of each head.
+        intermediate_size: width of the MLP (of each expert, for a mixture of experts).
+        rms_norm_eps: the epsilon of every RMSNorm.
+        hidden_act: the MLP's activation name.
+        qkv_bias: q, k and v projections have a bias.
+        o_bias: the output projection has a bias.
+        mlp_bias: the MLP projections have biases.
+        qk_norm: queries and keys are RMS-normalised per head before RoPE.
+        windows: the sliding window of each layer (``None``: full attention).
+        tie_word_embeddings: the output head is the embedding matrix.
+        initializer_range: standard deviation for parameters no weight fills.
+        num_experts: experts per MoE layer (0: dense MLP).
+        num_experts_per_tok: experts each token is routed to.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    hidden_act: str
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    windows: tuple[int | None, ...]
+    tie_word_embeddings: bool
+    initializer_range: float
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation, computed in float32 as the reference implementations do."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise the last dimension of ``x``."""
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        variance = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary positions over a paged KV cache."""
+
+    def __init__(self, shape: DecoderShape, layer: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        h, d = shape.hidden_size, shape.head_dim
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, d
+        self.window = shape.windows[layer]
+        self.scale = d**-0.5
+        self.q_proj = nn.Linear(h, shape.num_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.k_proj = nn.Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.v_proj = nn.Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.o_proj = nn.Linear(shape.num_heads * d, h, bias=shape.o_bias, dtype=dtype)
+        self.q_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
+        self.k_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
+
+    def forward(self, x: torch.Tensor, rotation: Rotation, layout: BatchLayout) -> torch.Tensor:
+        """Attend the batch's new tokens ``x`` (``[T, hidden]``); their keys and values go into the cache."""
+        tokens = x.shape[0]
+        q = self.q_proj(x).view(tokens, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotation.apply(q), rotation.apply(k)
+        out = paged_attention(q, k, v, layer=self.layer, layout=layout, window=self.window, scale=self.scale)
+        projected: torch.Tensor = self.o_proj(out.reshape(tokens, self.num_heads * self.head_dim))
+        return projected
+
+
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, shape: DecoderShape, dtype: torch.dtype) -> None:
+        super().__init__()
+        h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
+        self.gate_proj = nn.Linear(h, i, bias=bias, dtype=dtype)
+        self.up_proj = nn.Linear(h, i, bias=bias, dtype=dtype)
+        self.down_proj = nn.Linear(i, h, bias=bias, dtype=dtype)
+        self.act = ACTIVATIONS[shape.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP to ``x`` (``[T, hidden]``)."""
+        out: torch.Tensor = self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return out
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm residual block: attention, then the MLP."""
+
+    def __init__(self, attention: Attention, mlp: nn.Module, shape: DecoderShape, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, dtype)
+        self.self_attn = attention
+        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, dtype)
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, rotation: Rotation, layout: BatchLayout) -> torch.Tensor:
+        """Run the block on the batch's hidden states ``x`` (``[T, hidden]``)."""
+        x = x + self.self_attn(self.input_layernorm(x), rotation, layout)
+        out: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
+        return out
+
+
+class DecoderModel(nn.Module):
+    """The embedding, the decoder layers and the final norm (``model.*`` in checkpoints)."""
+
+    def __init__(self, shape: DecoderShape, layers: list[DecoderLayer], dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(layers)
+        self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, dtype)
+
+
+@dataclass(frozen=True)
+class WeightTarget:
+    """Where a checkpoint tensor goes.
+
+    Attributes:
+        parameter: the parameter's name.
+        index: the part of the parameter it fills (``None``: all of it).
+        piece: what it fills, for parameters assembled from several tensors
+            (a fused tensor is loaded when every piece is).
+    """
+
+    parameter: str
+    index: tuple[Any, ...] | None = None
+    piece: Any = None
+
+
+class LlamaForCausalLM(nn.Module):
+    """LlamaForCausalLM, natively: the decoder shared by the Llama family.
+
+    Subclasses change class attributes for what their configs mean:
+    ``attention_bias`` (``"config"``: q, k, v and o follow ``attention_bias``;
+    ``"qkv"``: q, k and v always have one; ``"none"``), ``qk_norm``, and
+    ``sliding_window`` (``"never"``, ``"all"``: every layer when
+    ``config.sliding_window`` is set, ``"layer_types"``: the layers
+    ``config.layer_types`` marks ``sliding_attention``).
+    """
+
+    attention_bias: ClassVar[Literal["config", "qkv", "none"]] = "config"
+    mlp_bias_from_config: ClassVar[bool] = True
+    qk_norm: ClassVar[bool] = False
+    sliding_window: ClassVar[Literal["never", "all", "layer_types"]] = "never"
+
+    def __init__(self, hf_config: Any, *, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.hf_config = hf_config
+        self.shape = self.decoder_shape(hf_config)
+        self.dtype = dtype
+        self._rotary_embedding: RotaryEmbedding | None = None
+        shape = self.shape
+        layers = [
+            DecoderLayer(Attention(shape, i, dtype), self.build_mlp(shape, i, dtype), shape, dtype)
+            for i in range(shape.num_layers)
+        ]
+        self.model = DecoderModel(shape, layers, dtype)
+        self.lm_head = (
+            None if shape.tie_word_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, False, dtype=dtype)
+        )
+
+    # --- building ---------------------------------------------------------------------
+
+    @classmethod
+    def decoder_shape(cls, hf_config: Any) -> DecoderShape:
+        """Read and check the config fields the decoder needs."""
+        where = type(hf_config).__name__
+        heads = int(hf_config.num_attention_heads)
+        kv_heads = int(getattr(hf_config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
+        if heads % kv_heads:
+            raise InvalidConfigError(
+                where,
+                f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})",
+                field="num_key_value_heads",
+                value=kv_heads,
+            )
+        act = getattr(hf_config, "hidden_act", "silu")
+        if act not in ACTIVATIONS:
+            raise InvalidConfigError(
+                where, f"unsupported activation; supported: {', '.join(ACTIVATIONS)}", field="hidden_act", value=act
+            )
+        attention_bias = bool(getattr(hf_config, "attention_bias", False))
+        qkv_bias = {"config": attention_bias, "qkv": True, "none": False}[cls.attention_bias]
+        o_bias = attention_bias if cls.attention_bias == "config" else False
+        layers = int(hf_config.num_hidden_layers)
+        return DecoderShape(
+            vocab_size=int(hf_config.vocab_size),
+            hidden_size=int(hf_config.hidden_size),
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate_size=int(hf_config.intermediate_size),
+            rms_norm_eps=float(getattr(hf_config, "rms_norm_eps", 1e-6)),
+            hidden_act=act,
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=bool(getattr(hf_config, "mlp_bias", False)) and cls.mlp_bias_from_config,
+            qk_norm=cls.qk_norm,
+            windows=cls.layer_windows(hf_config, layers),
+            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+            initializer_range=float(getattr(hf_config, "initializer_range", 0.02)),
+        )
+
+    @classmethod
+    def layer_windows(cls, hf_config: Any, num_layers: int) -> tuple[int | None, ...]:
+        """The sliding window of each layer, as the config asks (``None``: full attention)."""
+        window = getattr(hf_config, "sliding_window", None)
+        if cls.sliding_window == "never" or not window:
+            return (None,) * num_layers
+        if cls.sliding_window == "all":
+            return (int(window),) * num_layers
+        types = getattr(hf_config, "layer_types", None)
+        if types is None:
+            # Configs written before layer_types: the layers from max_window_layers on slide.
+            first = int(getattr(hf_config, "max_window_layers", num_layers))
+            sliding = getattr(hf_config, "use_sliding_window", True)
+            types = ["sliding_attention" if sliding and i >= first else "full_attention" for i in range(num_layers)]
+        return tuple(int(window) if kind == "sliding_attention" else None for kind in list(types)[:num_layers])
+
+    def build_mlp(self, shape: DecoderShape, layer: int, dtype: torch.dtype) -> nn.Module:
+        """The MLP of ``layer`` (a gated MLP; a mixture of experts in Mixtral)."""
+        return GatedMLP(shape, dtype)
+
+    def _get_rotary(self) -> RotaryEmbedding:
+        if self._rotary_embedding is None:
+            raise RuntimeError("the model was not built with from_config()")
+        return self._rotary_embedding
+
+    @classmethod
+    def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> LlamaForCausalLM:
+        """Build the model for ``hf_config`` in ``dtype`` on ``device``.
+
+        The modules are built on the meta device, then given (uninitialised)
+        memory on ``device`` once; :meth:`load_weights` fills it.
+        """
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise InvalidConfigError(type(hf_config).__name__, f"unknown dtype {dtype!r}", field="dtype", value=dtype)
+        with torch.device("meta"):
+            model = cls(hf_config, dtype=torch_dtype)
+        model.to_empty(device=device)
+        model._rotary_embedding = RotaryEmbedding(hf_config, model.shape.head_dim, device)
+        return model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters are."""
+        return self.model.embed_tokens.weight.device
+
+    # --- weights ------------------------------------------------------------------------
+
+    def weight_target(self, name: str) -> WeightTarget | None:
+        """Where the checkpoint tensor ``name`` goes, or ``None`` if nowhere (names equal to a parameter's)."""
+        return WeightTarget(name)
+
+    def weight_pieces(self, parameter: str) -> frozenset[Any]:
+        """The pieces ``parameter`` is assembled from (one, ``None``, for an ordinary parameter)."""
+        return frozenset({None})
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> WeightReport:
+        """Copy ``(name, tensor)`` pairs into the parameters, converting dtype and device.
+
+        A name that matches no parameter, or whose shape differs from its
+        target's, is reported ``unexpected``. Parameters that no weight
+        filled (or filled only in part, for a fused parameter) are reported
+        ``missing`` and what no weight filled is initialised (norm weights to
+        one, biases to zero, the others from a normal distribution of
+        ``initializer_range``), so that the model is usable, as a dummy load
+        needs. With tied embeddings a checkpoint's ``lm_head.weight`` fills the
+        embedding only when ``model.embed_tokens.weight`` is absent.
+        """
+        params = dict(self.named_parameters())
+        filled: dict[str, set[Any]] = {name: set() for name in params}
+        parts: dict[str, list[tuple[Any, ...]]] = {}  # the indexes filled of partly loaded parameters
+        unexpected: list[str] = []
+        tied_head: torch.Tensor | None = None
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name == "lm_head.weight" and self.lm_head is None:
+                    tied_head = tensor  # the same matrix as the embedding: used only if that is absent
+                    continue
+                target = self.weight_target(name)
+                if target is None or target.parameter not in params:
+                    unexpected.append(name)
+                    continue
+                if not self._copy(params[target.parameter], target, tensor):
+                    unexpected.append(name)
+                    continue
+                if target.index is None:
+                    filled[target.parameter].update(self.weight_pieces(target.parameter))
+                else:
+                    filled[target.parameter].add(target.piece)
+                    parts.setdefault(target.parameter, []).append(target.index)
+            embed = "model.embed_tokens.weight"
+            if tied_head is not None and not filled[embed]:
+                if self._copy(params[embed], WeightTarget(embed), tied_head):
+                    filled[embed].update(self.weight_pieces(embed))
+                else:
+                    unexpected.append("lm_head.weight")
+            loaded = [name for name in params if filled[name] >= self.weight_pieces(name)]
+            missing = sorted(set(params) - set(loaded))
+            for name in missing:
+                # A fused parameter keeps the pieces that did arrive; only the rest is initialised.
+                kept = [(index, params[name].data[index].clone()) for index in parts.get(name, [])]
+                self._initialise(name, params[name])
+                for index, value in kept:
+                    params[name].data[index] = value
+        return WeightReport(tuple(sorted(loaded)), tuple(missing), tuple(unexpected))
+
+    @staticmethod
+    def _copy(param: torch.Tensor, target: WeightTarget, tensor: torch.Tensor) -> bool:
+        dest = param.data if target.index is None else param.data[target.index]
+        if tuple(dest.shape) != tuple(tensor.shape):
+            return False
+        dest.copy_(tensor)
+        return True
+
+    def _initialise(self, name: str, param: torch.Tensor) -> None:
+        if name.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        elif name.endswith(".bias"):
+            param.data.zero_()
+        else:
+            param.data.normal_(0.0, self.shape.initializer_range)
+
+    # --- running ------------------------------------------------------------------------
+
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
+        """A paged cache of ``num_blocks`` blocks of ``block_size`` tokens, in the model's dtype and device."""
+        s = self.shape
+        return PagedKVCache(
+            s.num_layers, num_blocks, block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
+        )
+
+    def forward(self, batch: SequenceBatch, kv_cache: PagedKVCache) -> torch.Tensor:
+        """Run one step over ``batch``; write its keys and values into ``kv_cache``; return logits.
+
+        Returns ``[T, vocab]`` with ``batch.all_logits``, else the logits of
+        each sequence's last new token (``[num_sequences, vocab]``).
+        """
+        device = self.device
+        with torch.no_grad():
+            layout = BatchLayout(batch, kv_cache, device)
+            positions = batch.positions.to(device)
+            hidden = self.model.embed_tokens(batch.token_ids.to(device))
+            rotation = self._get_rotary().rotation(positions, layout.bounds, hidden.dtype)
+            for layer in self.model.layers:
+                hidden = layer(hidden, rotation, layout)
+            if not batch.all_logits:
+                hidden = hidden[layout.last_token_index]
+            hidden = self.model.norm(hidden)
+            if self.lm_head is None:
+                return F.linear(hidden, self.model.embed_tokens.weight)
+            logits: torch.Tensor = self.lm_head(hidden)
+            return logits
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """MistralForCausalLM: no biases; every layer slides when ``sliding_window`` is set."""
+
+    attention_bias = "none"
+    mlp_bias_from_config = False
+    sliding_window = "all"
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    """Qwen2ForCausalLM: q, k and v have biases; the layers ``layer_types`` marks slide."""
+
+    attention_bias = "qkv"
+    mlp_bias_from_config = False
+    sliding_window = "layer_types"
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    """Qwen3ForCausalLM: per-head RMSNorm of queries and keys; the layers ``layer_types`` marks slide."""
+
+    attention_bias = "config"
+    mlp_bias_from_config = False
+    qk_norm = True
+    sliding_window = "layer_types"
