@@ -93,12 +93,49 @@ class TransformersModel:
             missing = self._finish(loaded, slots)
         return WeightReport(tuple(sorted(loaded)), tuple(sorted(missing)), tuple(sorted(unexpected)))
 
-    def forward(self, input_ids: Any) -> Any:
-        """Logits for a batch of token ids (shape ``[batch, seq, vocab]``)."""
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> SequenceCaches:
+        """A cache for :meth:`forward` over sequence batches (transformers' own caches, one per sequence).
+
+        transformers manages its cache memory itself, so ``num_blocks`` and
+        ``block_size`` only bound how many sequences can be live at once.
+        """
+        return SequenceCaches(num_blocks, block_size)
+
+    def forward(self, batch: Any, kv_cache: SequenceCaches | None = None) -> Any:
+        """Logits for a :class:`~modelport.models.protocol.SequenceBatch`, or for a tensor of token ids.
+
+        Given a ``SequenceBatch`` and the cache from :meth:`new_kv_cache`, it
+        keeps the model protocol: each sequence runs through the module with
+        its own transformers cache (found by the first block of its block
+        table; a sequence with ``context_lens == 0`` starts a new one), and the
+        logits are ``[T, vocab]`` with ``all_logits``, else one row per
+        sequence. Given token ids (``[batch, seq]``), it returns the module's
+        logits (``[batch, seq, vocab]``) without any cache.
+        """
         import torch
 
+        from modelport.models.protocol import SequenceBatch
+
+        if not isinstance(batch, SequenceBatch):
+            with torch.no_grad():
+                return self.module(input_ids=batch).logits
+        if kv_cache is None:
+            raise ModelportError("forward() over a SequenceBatch needs the cache from new_kv_cache()")
+        module = self.module
+        device = next(module.parameters()).device
+        rows = []
+        start = 0
         with torch.no_grad():
-            return self.module(input_ids=input_ids).logits
+            for query_len, context_len, table in zip(
+                batch.query_lens, batch.context_lens, batch.block_tables, strict=True
+            ):
+                cache = kv_cache.for_sequence(module.config, table, context_len)
+                ids = batch.token_ids[start : start + query_len].to(device)[None]
+                positions = batch.positions[start : start + query_len].to(device)[None]
+                start += query_len
+                logits = module(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True).logits
+                rows.append(logits[0] if batch.all_logits else logits[0, -1:])
+        return torch.cat(rows)
 
     def _placed(self, tensor: Any, target: Any) -> Any:
         """``tensor`` as it is when it fits ``target``'s dtype, device and layout, else a converted copy."""
@@ -148,6 +185,41 @@ class TransformersModel:
             )
         self._ready = True
         return missing
+
+
+class SequenceCaches:
+    """transformers' per-sequence caches, keyed by the first block of each sequence's block table.
+
+    The executor gives every live sequence its own blocks, so a sequence's
+    first block names it for as long as it lives; a sequence that starts
+    (``context_len == 0``) replaces whatever cache its first block named before.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._caches: dict[int, Any] = {}
+
+    def for_sequence(self, config: Any, block_table: Any, context_len: int) -> Any:
+        """The cache of the sequence whose blocks are ``block_table``, holding ``context_len`` tokens.
+
+        Raises:
+            ModelportError: the block table is empty, or the cache holds another number of tokens.
+        """
+        from transformers import DynamicCache
+
+        if not block_table:
+            raise ModelportError("a sequence needs at least one cache block")
+        key = int(block_table[0])
+        if context_len == 0:
+            self._caches[key] = DynamicCache(config=config)
+        cache = self._caches.get(key)
+        held = cache.get_seq_length() if cache is not None else 0
+        if cache is None or held != context_len:
+            raise ModelportError(
+                f"the sequence starting at block {key} has {held} cached token(s), the batch says {context_len}"
+            )
+        return cache
 
 
 def _named_tensors(module: Any) -> Iterator[tuple[str, Any]]:

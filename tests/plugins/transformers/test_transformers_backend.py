@@ -39,11 +39,19 @@ def _select(host, config, model_impl="auto"):
 
 
 def test_serves_an_architecture_transformers_implements(host):
-    answer = _select(host, _llama_config())
+    answer = _select(host, _llama_config(architectures=["GPTNeoXForCausalLM"]))  # core has no native GPT-NeoX
     assert answer.plugin == "modelport-transformers"
     assert answer.value.impl == "transformers"
     assert answer.value.target == "modelport_transformers.model:TransformersModel"
     assert "no native implementation is registered" in answer.reason
+
+
+def test_core_native_wins_under_auto_and_the_backend_serves_model_impl_transformers(host):
+    auto = _select(host, _llama_config())
+    forced = _select(host, _llama_config(), model_impl="transformers")
+    assert (auto.plugin, auto.value.impl) == ("modelport.builtin.architectures", "native")
+    assert auto.value.target == "modelport.models.llama:LlamaForCausalLM"
+    assert (forced.plugin, forced.value.impl) == ("modelport-transformers", "transformers")
 
 
 def test_steps_aside_for_a_native_implementation_under_auto(host):
@@ -60,7 +68,8 @@ def test_steps_aside_for_a_native_implementation_under_auto(host):
 
 
 def test_does_not_answer_for_native_or_unknown_architectures(host):
-    assert _select(host, _llama_config(), model_impl="native").value is None
+    native = _select(host, _llama_config(), model_impl="native")
+    assert (native.plugin, native.value.impl) == ("modelport.builtin.architectures", "native")
     assert _select(host, _llama_config(architectures=["NoSuchModelForCausalLM"])).value is None
 
 
@@ -85,7 +94,7 @@ def test_end_to_end_logits_equal_transformers(tiny_model, monkeypatch):
     monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
     modelport.plugins.reset_host()
     folder = tiny_model()
-    loaded = modelport.load(str(folder), dtype="float32")
+    loaded = modelport.load(str(folder), dtype="float32", model_impl="transformers")
     assert loaded.resolved.model_impl == "transformers"
     assert loaded.weights.missing == () and loaded.weights.unexpected == ()
     ids = loaded.tokenizer("The quick brown fox", return_tensors="pt").input_ids
@@ -97,6 +106,42 @@ def test_native_only_without_native_implementation_names_the_option(tiny_model, 
     pytest.importorskip("modelport_hf", reason="needs modelport-hf to read the folder")
     monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
     modelport.plugins.reset_host()
+    folder = tiny_model(architectures=["GPTNeoXForCausalLM"], weights=None)  # core has no native GPT-NeoX
     with pytest.raises(UnsupportedArchitectureError) as info:
-        modelport.resolve(str(tiny_model()), model_impl="native")
-    assert "LlamaForCausalLM" in str(info.value) and "try model_impl='transformers'" in str(info.value)
+        modelport.resolve(str(folder), model_impl="native")
+    assert "GPTNeoXForCausalLM" in str(info.value) and "try model_impl='transformers'" in str(info.value)
+
+
+def test_backend_keeps_the_model_protocol_and_agrees_with_the_native_model(tiny_model, monkeypatch):
+    """One SequenceBatch of prefills, then batched decodes: the backend equals transformers, the native is close."""
+    pytest.importorskip("modelport_hf", reason="needs modelport-hf to read the folder")
+    from modelport.models.protocol import CausalLM, SequenceBatch
+
+    monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
+    modelport.plugins.reset_host()
+    folder = tiny_model(architecture="mistral", tokenizer=False, sliding_window=4)
+    backend = modelport.load(str(folder), dtype="float32", model_impl="transformers", skip_tokenizer_init=True).model
+    native = modelport.load(str(folder), dtype="float32", model_impl="native", skip_tokenizer_init=True).model
+    assert isinstance(backend, CausalLM) and isinstance(native, CausalLM)
+    prompts = [torch.arange(3, 9), torch.arange(20, 31), torch.arange(40, 43)]
+    lengths = [len(p) for p in prompts]
+    tables = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    caches = {m: m.new_kv_cache(12, 4) for m in (backend, native)}
+    prefill = SequenceBatch(
+        torch.cat(prompts), torch.cat([torch.arange(n) for n in lengths]), lengths, [0, 0, 0], tables, all_logits=True
+    )
+    got = {m: [m.forward(prefill, caches[m])] for m in caches}
+    for step in range(3):
+        decode = SequenceBatch(
+            torch.tensor([5, 6, 7]),
+            torch.tensor([n + step for n in lengths]),
+            [1, 1, 1],
+            [n + step for n in lengths],
+            tables,
+        )
+        for m in caches:
+            got[m].append(m.forward(decode, caches[m]))
+    expected = [backend.forward(p[None])[0] for p in prompts]
+    assert torch.equal(got[backend][0], torch.cat(expected))
+    for mine, theirs in zip(got[native], got[backend], strict=True):
+        assert mine.shape == theirs.shape and (mine - theirs).abs().max() < 1e-4
