@@ -28,11 +28,13 @@ def _logits(model, ids):
 def test_built_on_the_device_in_the_dtype_and_keeps_the_protocol():
     model = LlamaForCausalLM.from_config(tiny_config("llama"), dtype="bfloat16", device="cpu")
     assert isinstance(model, CausalLM)
-    tensors = [*model.parameters(), *model.buffers()]
-    assert all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+    # No memory until the weights arrive: they may become the parameters themselves.
+    assert all(t.is_meta and t.dtype == torch.bfloat16 for t in model.parameters())
     assert model._rotary_embedding.inv_freq.dtype == torch.float32  # computed, not loaded, in full precision
     report = model.load_weights([])
     assert report.loaded == () and "model.norm.weight" in report.missing
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
     cache = model.new_kv_cache(8, 4)
     assert cache.keys[0].dtype == torch.bfloat16 and cache.keys[0].shape == (8, 4, 2, 16)
     logits = _logits(model, torch.arange(3, 10))
@@ -148,3 +150,20 @@ def test_a_block_table_too_short_for_the_tokens_is_an_error():
     uneven = SequenceBatch(torch.arange(6), torch.arange(6), [4], [0], [[0, 1]])
     with pytest.raises(ValueError, match="query_lens sum to 4"):
         model.forward(uneven, cache)
+
+
+def test_weights_in_the_models_dtype_are_adopted_without_a_copy_and_others_are_converted():
+    config = tiny_config("llama")
+    source = LlamaForCausalLM.from_config(config, dtype="float32", device="cpu")
+    source.load_weights([])
+    state = {k: v.detach().clone() for k, v in source.state_dict().items()}
+    model = LlamaForCausalLM.from_config(config, dtype="float32", device="cpu")
+    report = model.load_weights(state.items())
+    assert report.missing == () and report.unexpected == ()
+    params = dict(model.named_parameters())
+    assert all(params[name].data_ptr() == tensor.data_ptr() for name, tensor in state.items() if name in params)
+    half = LlamaForCausalLM.from_config(config, dtype="bfloat16", device="cpu")
+    half.load_weights(state.items())
+    embed = dict(half.named_parameters())["model.embed_tokens.weight"]
+    assert embed.dtype == torch.bfloat16 and embed.data_ptr() != state["model.embed_tokens.weight"].data_ptr()
+    assert torch.equal(embed, state["model.embed_tokens.weight"].to(torch.bfloat16))

@@ -305,22 +305,37 @@ class LlamaForCausalLM(nn.Module):
     def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> LlamaForCausalLM:
         """Build the model for ``hf_config`` in ``dtype`` on ``device``.
 
-        The modules are built on the meta device, then given (uninitialised)
-        memory on ``device`` once; :meth:`load_weights` fills it.
+        The parameters stay on the meta device until :meth:`load_weights`
+        gives each its memory on ``device``: a checkpoint tensor that already
+        has the right dtype and device becomes the parameter without a copy,
+        so no memory is spent twice.
         """
         torch_dtype = getattr(torch, dtype, None)
         if not isinstance(torch_dtype, torch.dtype):
             raise InvalidConfigError(type(hf_config).__name__, f"unknown dtype {dtype!r}", field="dtype", value=dtype)
         with torch.device("meta"):
             model = cls(hf_config, dtype=torch_dtype)
-        model.to_empty(device=device)
+        model._device = torch.device(device)
         model._rotary_embedding = RotaryEmbedding(hf_config, model.shape.head_dim, device)
         return model.eval()
 
     @property
     def device(self) -> torch.device:
-        """Where the parameters are."""
-        return self.model.embed_tokens.weight.device
+        """Where the parameters are (or will be, before :meth:`load_weights`)."""
+        return self._device
+
+    def _place(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Make ``tensor`` parameter ``name`` (replacing a meta placeholder); returns the parameter."""
+        owner, _, attr = name.rpartition(".")
+        param = nn.Parameter(tensor, requires_grad=False)
+        self.get_submodule(owner)._parameters[attr] = param
+        return param
+
+    def _materialise(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """Parameter ``name`` with real (uninitialised) memory on the device."""
+        if not param.is_meta:
+            return param
+        return self._place(name, torch.empty(param.shape, dtype=param.dtype, device=self._device))
 
     # --- weights ------------------------------------------------------------------------
 
@@ -344,7 +359,8 @@ class LlamaForCausalLM(nn.Module):
         needs. With tied embeddings a checkpoint's ``lm_head.weight`` fills the
         embedding only when ``model.embed_tokens.weight`` is absent.
         """
-        params = dict(self.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self.named_parameters())
+        self._device = getattr(self, "_device", None) or next(iter(params.values())).device
         filled: dict[str, set[Any]] = {name: set() for name in params}
         parts: dict[str, list[tuple[Any, ...]]] = {}  # the indexes filled of partly loaded parameters
         unexpected: list[str] = []
@@ -358,7 +374,7 @@ class LlamaForCausalLM(nn.Module):
                 if target is None or target.parameter not in params:
                     unexpected.append(name)
                     continue
-                if not self._copy(params[target.parameter], target, tensor):
+                if not self._fill(params, target, tensor):
                     unexpected.append(name)
                     continue
                 if target.index is None:
@@ -368,13 +384,14 @@ class LlamaForCausalLM(nn.Module):
                     parts.setdefault(target.parameter, []).append(target.index)
             embed = "model.embed_tokens.weight"
             if tied_head is not None and not filled[embed]:
-                if self._copy(params[embed], WeightTarget(embed), tied_head):
+                if self._fill(params, WeightTarget(embed), tied_head):
                     filled[embed].update(self.weight_pieces(embed))
                 else:
                     unexpected.append("lm_head.weight")
             loaded = [name for name in params if filled[name] >= self.weight_pieces(name)]
             missing = sorted(set(params) - set(loaded))
             for name in missing:
+                params[name] = self._materialise(name, params[name])
                 # A fused parameter keeps the pieces that did arrive; only the rest is initialised.
                 kept = [(index, params[name].data[index].clone()) for index in parts.get(name, [])]
                 self._initialise(name, params[name])
@@ -382,12 +399,28 @@ class LlamaForCausalLM(nn.Module):
                     params[name].data[index] = value
         return WeightReport(tuple(sorted(loaded)), tuple(missing), tuple(unexpected))
 
-    @staticmethod
-    def _copy(param: torch.Tensor, target: WeightTarget, tensor: torch.Tensor) -> bool:
-        dest = param.data if target.index is None else param.data[target.index]
-        if tuple(dest.shape) != tuple(tensor.shape):
+    def _fill(self, params: dict[str, torch.Tensor], target: WeightTarget, tensor: torch.Tensor) -> bool:
+        """Put ``tensor`` where ``target`` says; ``False`` (nothing changed) when the shapes differ.
+
+        A whole-parameter tensor already in the parameter's dtype, on its
+        device and contiguous is adopted as the parameter itself (readers hand
+        out tensors they never reuse: safetensors' memory maps, ``torch.load``);
+        anything else is copied, converting dtype and device.
+        """
+        name, param = target.parameter, params[target.parameter]
+        if target.index is None:
+            if tuple(param.shape) != tuple(tensor.shape):
+                return False
+            if tensor.dtype == param.dtype and tensor.device == self._device and tensor.is_contiguous():
+                params[name] = self._place(name, tensor.detach())
+                return True
+            params[name] = param = self._materialise(name, param) if param.is_meta else param
+            param.data.copy_(tensor)
+            return True
+        if tuple(param[target.index].shape) != tuple(tensor.shape):
             return False
-        dest.copy_(tensor)
+        params[name] = param = self._materialise(name, param)
+        param.data[target.index].copy_(tensor)
         return True
 
     def _initialise(self, name: str, param: torch.Tensor) -> None:
