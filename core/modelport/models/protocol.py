@@ -3,10 +3,12 @@
 A model class is named by a ``"module:Class"`` string in the architecture
 registry. The pipeline and the executors use it only through this protocol:
 
-* ``from_config(hf_config, dtype=..., device=...)`` builds it, on the meta
-  device first so that no memory is spent twice, then materialised on ``device``;
+* ``from_config(hf_config, dtype=..., device=...)`` builds it on the meta
+  device, so that no memory is spent twice;
 * ``load_weights(weights)`` consumes ``(name, tensor)`` pairs (mapping names as
-  its format needs) and returns a :class:`~modelport.pipeline.WeightReport`;
+  its format needs), gives every parameter its memory on ``device`` (adopting a
+  tensor already in the right dtype and device, copying the rest, initialising
+  what no weight filled) and returns a :class:`~modelport.pipeline.WeightReport`;
 * ``new_kv_cache(num_blocks, block_size)`` allocates the cache that
   ``forward`` reads and writes;
 * ``forward(batch, kv_cache)`` runs one step for a batch of sequences of
