@@ -10,9 +10,9 @@ from modelport.types import ArchitectureChoice
 
 
 class AnyArchitecture:
-    """Answers architecture selection for every config (trylast), so hf tests need no backend."""
+    """Answers architecture selection first for every config, so hf tests need no backend and see every tensor."""
 
-    @hookimpl(trylast=True)
+    @hookimpl(tryfirst=True)
     def modelport_select_architecture(self, hf_config, model_impl, registry):
         names = getattr(hf_config, "architectures", None)
         if not names:
