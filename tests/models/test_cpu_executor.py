@@ -247,3 +247,29 @@ def test_cli_chat_answers_each_line(model_dir, llm):
     assert proc.returncode == 0, proc.stderr
     reply = llm.chat([{"role": "user", "content": "Hello world"}], SamplingParams(temperature=0, max_tokens=4))
     assert proc.stdout == f"model> {reply[0].outputs[0].text}\n"
+
+
+def test_a_plugin_can_take_over_the_cpu_executor(model_dir, modelport_host):
+    """modelport_register_executors names device types; modelport_create_executor builds one (core's is trylast)."""
+
+    class Custom:
+        def __init__(self, loaded, settings):
+            self.loaded, self.settings = loaded, settings
+
+    class TakesCpu:
+        @modelport.hookimpl
+        def modelport_register_executors(self, register):
+            register("cpu", "a plugin's own CPU executor")
+
+        @modelport.hookimpl
+        def modelport_create_executor(self, device, loaded, settings):
+            return Custom(loaded, settings) if device == "cpu" else None
+
+    with modelport_host.plugin(TakesCpu(), "takes-cpu"):
+        llm = modelport.LLM(str(model_dir), dtype="float32", max_num_seqs=3)
+        registered = {e.plugin for e in modelport_host.registry.of_kind("executor")}
+    assert registered == {"takes-cpu", "modelport.builtin.cpu"}
+    assert isinstance(llm.executor, Custom)
+    assert llm.executor.settings.max_num_seqs == 3
+    assert llm.executor.loaded.resolved.architecture.name == "LlamaForCausalLM"
+    assert llm.loaded.trace.find("executor")[0].plugin == "takes-cpu"
