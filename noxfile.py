@@ -71,9 +71,10 @@ def isolated(session: nox.Session, plugin: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff's checks over the whole repository."""
+    """Ruff's checks and formatting over the whole repository (code blocks in docs included)."""
     pip_install(session, "ruff")
     session.run("ruff", "check", *session.posargs)
+    session.run("ruff", "format", "--check", *session.posargs)
 
 
 @nox.session
