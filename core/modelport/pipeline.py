@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import (
+    InvalidConfigError,
     InvalidOptionError,
     ModelportError,
     OfflineMissError,
@@ -253,6 +254,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
             config_source.location, registry.names("config_format"), f"no installed plugin parses {config_format!r}"
         )
     hf_config = answer.value
+    _check_architectures(hf_config, config_source.location)
 
     if opts.hf_overrides is not None:
         with trace.timed("overrides", "modelport", "applied hf_overrides", "") as info:
@@ -277,6 +279,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
         changed = _changes(before, _snapshot(hf_config))
         trace.record(f"patch:{patch.name}", plugin, changed, f"phase {int(patch.phase)}", time.perf_counter() - start)
 
+    _check_architectures(hf_config, config_source.location)  # again: overrides and patches may have set it
     start = time.perf_counter()
     hf_text = text_config(hf_config)
     dtype = resolve_dtype(opts.dtype, hf_config, device=opts.device)
@@ -473,6 +476,15 @@ def _checked(weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise ModelportError(f"a weights reader yielded {type(item).__name__}, expected (name, tensor)")
         yield item
+
+
+def _check_architectures(hf_config: Any, location: str) -> None:
+    """``architectures`` must be absent, null or a list of names: every later step relies on it."""
+    names = getattr(hf_config, "architectures", None)
+    if names is None:
+        return
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise InvalidConfigError(location, "expected a list of architecture names", field="architectures", value=names)
 
 
 def _snapshot(hf_config: Any) -> dict[str, Any]:

@@ -217,3 +217,9 @@ def test_remote_code_naming_a_missing_module_is_an_invalid_config(tmp_path):
         modelport.resolve(str(folder), load_format="dummy", skip_tokenizer_init=True, trust_remote_code=True)
     assert "field 'auto_map.AutoConfig' = 'configuration_ghost.GhostConfig'" in str(info.value)
     assert "configuration_ghost.py" in str(info.value)
+
+
+def test_architectures_that_are_not_a_list_of_names_are_an_invalid_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": True}))
+    with pytest.raises(InvalidConfigError, match="field 'architectures' = True: expected a list of architecture names"):
+        modelport.resolve(str(tmp_path), load_format="dummy", skip_tokenizer_init=True)
