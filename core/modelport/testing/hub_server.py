@@ -326,6 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             "authorized": token is not None,
         }
         status, sent = 500, 0
+        recorded = False
         try:
             if path.startswith("/api/models/"):
                 status, sent = self._api(method, split.path[len("/api/models/") :], query, token, record)
@@ -335,10 +336,16 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Reply(404, None, f"no route for {path}")
         except _Reply as reply:
             status = reply.status
+            # Recorded before the client can see the answer: a test that reads `requests` right after the
+            # client raised must find it there.
+            with state.lock:
+                state.requests.append(HubRequest(status=status, bytes_sent=0, **record))
+            recorded = True
             self._send_error(reply)
         finally:
-            with state.lock:
-                state.requests.append(HubRequest(status=status, bytes_sent=sent, **record))
+            if not recorded:
+                with state.lock:
+                    state.requests.append(HubRequest(status=status, bytes_sent=sent, **record))
 
     def _repo(self, repo_id: str, token: str | None) -> HubRepo:
         repo = self.server.state.repos.get(repo_id)
