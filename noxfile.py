@@ -1,4 +1,5 @@
-"""Every workflow of modelport: ``nox -s tests`` (the default), ``isolated``, ``lint``, ``types``, ``docs``, ``demo``.
+"""Every workflow of modelport: ``nox -s tests`` (the default), ``isolated``, ``lint``, ``types``, ``docs``,
+``benchmarks``, ``demo``.
 
 Each session installs with ``-c tests/constraints.txt`` (torch is pinned there: see that
 file). Virtualenvs are reused between runs (``--reuse-venv=no`` rebuilds them), and every
@@ -93,6 +94,18 @@ def docs(session: nox.Session) -> None:
     requirements = ROOT / "docs" / "requirements.txt"
     pip_install(session, "mkdocs", *(("-r", str(requirements)) if requirements.is_file() else ()))
     session.run("mkdocs", "build", "--strict", "-f", str(config.relative_to(ROOT)), *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Run every benchmarks/bench_*.py (or those named: ``nox -s benchmarks -- load tokenizer``).
+
+    Each prints its figures and their ratios against the anchors it measures in the same run.
+    """
+    install_projects(session, ".", "plugins/hf", "plugins/transformers")
+    names = session.posargs or sorted(p.stem.removeprefix("bench_") for p in ROOT.glob("benchmarks/bench_*.py"))
+    for name in names:
+        session.run("python", f"benchmarks/bench_{name}.py")
 
 
 @nox.session
