@@ -10,6 +10,7 @@ need them, because this module is collected with the rest of the suite.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import inspect
 import json
@@ -361,6 +362,23 @@ def test_the_testing_kit_is_documented_in_the_plugin_guide():
     assert unmentioned == [], "names in modelport.testing.__all__ that the guide's testing section never mentions"
 
 
+def _public_members(cls: type) -> list[str]:
+    return sorted(name for name in vars(cls) if not name.startswith("_"))
+
+
+@pytest.mark.parametrize("class_name", ["HubServer", "HubRepo"])
+def test_every_member_of_the_local_hub_is_in_the_plugin_guide(class_name):
+    """A plugin author learns the local Hub from the guide: every public method and property is there."""
+    from modelport.testing import hub_server
+
+    text = section(page("plugin-guide.md"), "A local Hub")
+    cls = getattr(hub_server, class_name)
+    members = _public_members(cls)
+    assert members
+    unmentioned = [name for name in members if not re.search(rf"`{name}\b", text)]
+    assert unmentioned == [], f"{class_name} members the guide's 'A local Hub' section never mentions"
+
+
 # --- the worked example -----------------------------------------------------------
 
 
@@ -516,6 +534,23 @@ def _call_with_fixtures(function: Callable[..., Any], fixtures: dict[str, Any]) 
     function(**{name: fixtures[name] for name in wanted})
 
 
+@contextlib.contextmanager
+def _hub_server(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """What the ``hub_server`` fixture gives: a local Hub, with the environment pointing at it."""
+    from modelport.testing import HubServer
+    from modelport.testing.pytest_plugin import _HUB_ENV_CLEARED
+
+    home = base / "hf_home"
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(home))
+        monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        for name in _HUB_ENV_CLEARED:
+            monkeypatch.delenv(name, raising=False)
+        yield server
+
+
 def _tiny_model_factory(base: Path) -> Callable[..., Path]:
     from modelport.testing import make_tiny_model
 
@@ -554,7 +589,7 @@ def test_the_examples_own_tests_and_the_guides_test_snippets_pass(plugin_distrib
                 exec(compile(code, "plugin-guide.md", "exec"), snippets)
         tests = [(name, f) for name, f in vars(module).items() if name.startswith("test_")]
         tests += [(name, f) for name, f in snippets.items() if name.startswith("test_")]
-        assert len(tests) >= 6
+        assert len(tests) >= 8
 
         for number, (name, test) in enumerate(tests):
             with monkeypatch.context() as patch:
@@ -565,14 +600,17 @@ def test_the_examples_own_tests_and_the_guides_test_snippets_pass(plugin_distrib
                 reset_host()
                 base = tmp_path / f"{number}-{name}"
                 base.mkdir()
-                fixtures = {
-                    "tmp_path": base,
-                    "monkeypatch": patch,
-                    "modelport_host": get_host(),
-                    "tiny_model": _tiny_model_factory(base),
-                    "plugin_distribution": plugin_distribution,
-                }
-                _call_with_fixtures(test, fixtures)
+                with contextlib.ExitStack() as stack:
+                    fixtures = {
+                        "tmp_path": base,
+                        "monkeypatch": patch,
+                        "modelport_host": get_host(),
+                        "tiny_model": _tiny_model_factory(base),
+                        "plugin_distribution": plugin_distribution,
+                    }
+                    if "hub_server" in inspect.signature(test).parameters:
+                        fixtures["hub_server"] = stack.enter_context(_hub_server(base, patch))
+                    _call_with_fixtures(test, fixtures)
             reset_host()
     finally:
         sys.modules.pop(spec.name, None)

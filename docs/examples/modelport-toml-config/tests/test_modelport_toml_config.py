@@ -1,8 +1,9 @@
 """Tests for modelport-toml-config, through the modelport pytest plugin.
 
-pyproject.toml lists this plugin, modelport-hf and modelport-transformers in
-``modelport_plugins``: every test gets a fresh host that loads exactly those
-(the steps after the config, weights and architecture, come from the other two).
+pyproject.toml lists this plugin and modelport-hf in ``modelport_plugins``:
+every test gets a fresh host that loads exactly those, besides core's built-ins
+(the weights step comes from modelport-hf; the architecture, LlamaForCausalLM,
+is core's native one).
 """
 
 import modelport
