@@ -307,6 +307,13 @@ def _documented_names(name: str, title: str) -> list[str | None]:
         ("integrator-guide.md", "The trace", "modelport.trace:TraceStep"),
         ("integrator-guide.md", "Loading", "modelport.pipeline:LoadedModel"),
         ("hooks.md", "ConfigPatch and PatchPhase", "modelport.types:ConfigPatch"),
+        ("integrator-guide.md", "The weight report", "modelport.pipeline:WeightReport"),
+        ("integrator-guide.md", "The model protocol", "modelport.models.protocol:SequenceBatch"),
+        ("generation.md", "Sampling parameters", "modelport.sampling:SamplingParams"),
+        ("generation.md", "RequestOutput", "modelport.outputs:RequestOutput"),
+        ("generation.md", "CompletionOutput", "modelport.outputs:CompletionOutput"),
+        ("generation.md", "Logprob", "modelport.outputs:Logprob"),
+        ("generation.md", "ExecutorSettings", "modelport.executor:ExecutorSettings"),
     ],
 )
 def test_every_field_of_a_public_dataclass_is_documented(name, title, qualified_name):
@@ -320,18 +327,106 @@ def test_every_field_of_a_public_dataclass_is_documented(name, title, qualified_
     assert sorted(set(documented) - set(fields)) == [], f"{name}, '{title}' documents fields {qualified_name} lacks"
 
 
-def test_every_inspect_flag_is_in_the_cli_page():
+def _documented_defaults(name: str, title: str) -> dict[str | None, str | None]:
+    """First column -> second column (both unwrapped from backticks) of the first table under ``title``."""
+    text = section(page(name), title)
+    lines = list(_outside_fences(text))
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return {backticked(r[0]): backticked(r[1]) for r in table_rows("\n".join(lines[start:end]))}
+
+
+@pytest.mark.parametrize(
+    ("name", "title", "qualified_name"),
+    [
+        ("generation.md", "Sampling parameters", "modelport.sampling:SamplingParams"),
+        ("generation.md", "ExecutorSettings", "modelport.executor:ExecutorSettings"),
+    ],
+)
+def test_documented_defaults_are_the_dataclass_defaults(name, title, qualified_name):
+    import dataclasses
+
+    from modelport.registry import import_target
+
+    documented = _documented_defaults(name, title)
+    for f in dataclasses.fields(import_target(qualified_name)):
+        if not f.init:
+            continue
+        assert documented.get(f.name) is not None, f"{name}: {f.name} has no `literal` default"
+        assert ast.literal_eval(documented[f.name]) == f.default, f"{name}: the documented default of {f.name} is wrong"
+
+
+def test_every_llm_argument_is_documented_with_its_default():
+    from modelport.llm import LLM
+
+    parameters = {
+        p.name: p.default
+        for p in inspect.signature(LLM.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    documented = _documented_defaults("generation.md", "LLM")
+    assert sorted(set(parameters) - set(documented)) == [], "LLM arguments missing from generation.md's table"
+    assert sorted(set(documented) - set(parameters)) == [], "generation.md documents LLM arguments that do not exist"
+    for argument, default in parameters.items():
+        assert ast.literal_eval(documented[argument] or "") == default, f"LLM {argument}: documented default is wrong"
+
+
+def _subcommands() -> dict[str, Any]:
     import argparse
 
     from modelport.cli import build_parser
 
     [subcommands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    inspect_parser = subcommands.choices["inspect"]
-    flags = {s for action in inspect_parser._actions for s in action.option_strings if s.startswith("--")}
-    flags -= {"--help", "--json"}
-    documented = {backticked(r[0]) for r in table_rows(section(page("cli.md"), "Options"))}
-    assert sorted(flags - documented) == []
-    assert sorted(documented - flags) == []
+    return dict(subcommands.choices)
+
+
+SUBCOMMANDS = sorted(_subcommands())
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_a_section_and_a_usage_line_in_the_cli_page(command):
+    text = page("cli.md")
+    assert f"modelport {command}" in headings(text), f"cli.md has no '## modelport {command}' section"
+    [usage] = [code for lang, code, _ in code_blocks(text) if lang == "text"][:1]
+    assert f"modelport {command} " in usage, f"the usage block at the top of cli.md lacks {command}"
+
+
+def _flags(parser: Any) -> dict[str, Any]:
+    return {s: action for action in parser._actions for s in action.option_strings if s.startswith("--")}
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_flag_of_every_subcommand_is_in_the_cli_page(command):
+    """Load options in the Options table, sampling fields in the sampling table, the rest in the command's section."""
+    import dataclasses
+
+    from modelport.options import LoadOptions
+    from modelport.sampling import SamplingParams
+
+    flags = _flags(_subcommands()[command])
+    flags.pop("--help")
+    load_options = {f: a for f, a in flags.items() if a.dest in LoadOptions.names()}
+    sampling_fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    sampling = {f: a for f, a in flags.items() if a.dest in sampling_fields}
+    own = sorted(set(flags) - set(load_options) - set(sampling))
+
+    if load_options:
+        documented = {backticked(r[0]): backticked(r[1]) for r in table_rows(section(page("cli.md"), "Options"))}
+        assert sorted(set(load_options) - set(documented)) == [], f"{command}: load-option flags missing"
+        assert sorted(set(documented) - set(load_options)) == [], f"{command}: the Options table has extra flags"
+        assert all(documented[f] == a.dest for f, a in load_options.items()), "a flag names the wrong option"
+    if sampling:
+        rows = {backticked(r[0]): r for r in table_rows(section(page("cli.md"), "Sampling flags"))}
+        assert sorted(set(sampling) - set(rows)) == [], f"{command}: sampling flags missing from 'Sampling flags'"
+        assert sorted(set(rows) - set(sampling)) == [], f"{command}: 'Sampling flags' documents flags it lacks"
+        for flag, action in sampling.items():
+            assert backticked(rows[flag][1]) == action.dest, f"{flag}: wrong field"
+            default = rows[flag][2]
+            expected = "none" if action.default is None else f"`{action.default}`"
+            assert default == expected, f"{flag}: the documented default {default} is not {expected}"
+    text = section(page("cli.md"), f"modelport {command}")
+    unmentioned = [flag for flag in own if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+    assert unmentioned == [], f"flags of modelport {command} that its section never mentions"
 
 
 def test_the_testing_kit_is_documented_in_the_plugin_guide():
@@ -686,6 +781,122 @@ def test_cli_exit_statuses_are_as_documented(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         cli.main(["no-such-command"])
     assert usage.value.code == 2
+
+
+# --- names, steps, runnable pages ----------------------------------------------------
+
+
+def _all_docs() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(PAGES.glob("*.md")))
+
+
+def test_every_public_name_of_modelport_is_documented():
+    import modelport
+
+    text = _all_docs()
+    missing = [name for name in modelport.__all__ if not re.search(rf"`[^`\n]*\b{re.escape(name)}\b[^`\n]*`", text)]
+    assert missing == [], "names in modelport.__all__ that no page of docs/src shows in `code`"
+
+
+def _recorded_steps(path: Path) -> set[str]:
+    """Step names a module records: the first argument of trace.record/timed and run.ask/classify."""
+    steps = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+            continue
+        if node.func.attr not in ("record", "timed", "ask", "classify"):
+            continue
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            steps.add(first.value)
+        elif isinstance(first, ast.JoinedStr):
+            steps.add("".join(v.value if isinstance(v, ast.Constant) else "<name>" for v in first.values))
+    return steps
+
+
+def test_every_trace_step_the_code_records_is_listed_in_the_integrator_guide():
+    core = Path(importlib.util.find_spec("modelport").origin).parent  # type: ignore[arg-type]
+    steps = _recorded_steps(core / "pipeline.py") | _recorded_steps(core / "llm.py")
+    assert {"source", "files", "patch:<name>", "executor"} <= steps
+    [row] = [r for r in table_rows(section(page("integrator-guide.md"), "The trace")) if backticked(r[0]) == "step"]
+    documented = set(re.findall(r"`([^`]+)`", row[1]))
+    assert sorted(steps - documented) == [], "trace steps missing from the integrator guide's TraceStep table"
+
+
+def test_the_generation_pages_examples_run(capsys):
+    """The blocks marked ``runs: generation`` run in order, on the model that ships in the package."""
+    blocks = [code for lang, code, marker in code_blocks(page("generation.md")) if marker == "runs: generation"]
+    assert len(blocks) >= 5
+    namespace: dict[str, Any] = {"__name__": "generation_page"}
+    for code in blocks:
+        exec(compile(code, "generation.md", "exec"), namespace)
+    assert "'ROMEO:'" in capsys.readouterr().out
+
+
+# --- modelport-hf ----------------------------------------------------------------------
+
+
+def _hf_registrations() -> dict[str, list[str]]:
+    pytest.importorskip("modelport_hf", reason="modelport-hf is not installed")
+    from modelport_hf import plugin
+
+    found: dict[str, list[str]] = {}
+    for hook, kind in hookspecs.REGISTER_HOOKS.items():
+        implementation = getattr(plugin, hook, None)
+        if implementation is None:
+            continue
+
+        def register(first: Any, *args: Any, kind: str = kind, **kwargs: Any) -> None:
+            found.setdefault(kind, []).append(getattr(first, "name", first))
+
+        implementation(register)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("kind", "title"),
+    [
+        ("config_format", "The Hugging Face plugin"),
+        ("config_class", "Config classes"),
+        ("config_patch", "Patches"),
+        ("tokenizer_mode", "Tokenizers"),
+        ("load_format", "Weights"),
+    ],
+)
+def test_everything_modelport_hf_registers_is_in_the_user_guide(kind, title):
+    names = _hf_registrations()[kind]
+    text = section(page("user-guide.md"), title)
+    first_cells = " ".join(r[0] for r in table_rows(text))
+    missing = [name for name in names if f"`{name}`" not in first_cells]
+    assert missing == [], f"modelport-hf's {kind} entries missing from the first column of '{title}'"
+
+
+def test_every_key_a_hub_source_describes_is_in_the_user_guide():
+    pytest.importorskip("modelport_hf", reason="modelport-hf is not installed")
+    from modelport.types import LocalSource
+    from modelport_hf.hub import HubSource
+
+    keys = set(LocalSource(ROOT).describe())
+    source = inspect.getsource(HubSource.describe)
+    for node in ast.walk(ast.parse(inspect.cleandoc("\n" + source))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+            keys.update(k.arg for k in node.keywords if k.arg)
+    assert {"repo_id", "pinned_by"} <= keys
+    documented = {backticked(r[0]) for r in table_rows(section(page("user-guide.md"), "What a Hub source describes"))}
+    assert sorted(keys - documented) == []
+    assert sorted(documented - keys) == []
+
+
+def test_every_environment_variable_modelport_hf_reads_is_in_the_user_guide():
+    spec = importlib.util.find_spec("modelport_hf")
+    if spec is None or spec.origin is None:
+        pytest.skip("modelport-hf is not installed")
+    variables = set()
+    for source in Path(spec.origin).parent.rglob("*.py"):
+        variables.update(re.findall(r"os\.environ\.get\(\"([A-Z_]+)\"", source.read_text(encoding="utf-8")))
+    assert "HF_ENDPOINT" in variables
+    text = page("user-guide.md")
+    assert sorted(v for v in variables if f"`{v}" not in text) == []
 
 
 # --- the site -----------------------------------------------------------------------
