@@ -798,6 +798,23 @@ def test_every_public_name_of_modelport_is_documented():
     assert missing == [], "names in modelport.__all__ that no page of docs/src shows in `code`"
 
 
+@pytest.mark.parametrize(
+    ("name", "title"),
+    [
+        ("index.md", "Distributions"),
+        ("hooks.md", "The two shapes"),
+        ("user-guide.md", "Environment variables"),
+        ("integrator-guide.md", "Building a plugin host"),
+    ],
+)
+def test_every_built_in_plugin_is_named_where_built_ins_are_listed(name, title):
+    from modelport.plugins import BUILTIN_PLUGINS
+
+    text = section(page(name), title)
+    missing = [plugin for plugin, _ in BUILTIN_PLUGINS if f"`{plugin}`" not in text]
+    assert missing == [], f"{name}, '{title}' does not name these built-in plugins"
+
+
 def _recorded_steps(path: Path) -> set[str]:
     """Step names a module records: the first argument of trace.record/timed and run.ask/classify."""
     steps = set()
