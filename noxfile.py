@@ -21,6 +21,8 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = "tests/constraints.txt"
 #: Every plugin distribution in plugins/, by folder name: a new plugin gets its ``isolated`` session.
 PLUGINS = tuple(sorted(path.parent.name for path in ROOT.glob("plugins/*/pyproject.toml")))
+#: What the test sessions install besides the projects under test.
+TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6", "sentencepiece")
 #: The plugins the demo needs to load the default model (its Llama is native, in core).
 DEMO_PLUGINS = ("hf",)
 
@@ -54,7 +56,7 @@ def install_projects(session: nox.Session, *projects: str, extra: tuple[str, ...
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, with core and every plugin installed."""
-    install_projects(session, ".", *(f"plugins/{name}" for name in PLUGINS), extra=("pytest>=8", "hypothesis"))
+    install_projects(session, ".", *(f"plugins/{name}" for name in PLUGINS), extra=TEST_REQUIREMENTS)
     session.run("pytest", *session.posargs)
 
 
@@ -62,7 +64,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", [nox.param(name, id=name) for name in PLUGINS])
 def isolated(session: nox.Session, plugin: str) -> None:
     """Core plus one plugin alone: core's tests and that plugin's tests must pass without the others."""
-    install_projects(session, ".", f"plugins/{plugin}", extra=("pytest>=8",))
+    install_projects(session, ".", f"plugins/{plugin}", extra=TEST_REQUIREMENTS)
     paths = ["tests/core", f"tests/plugins/{plugin}"]
     missing = [path for path in paths if not (ROOT / path).is_dir()]
     if missing:
