@@ -45,6 +45,14 @@ class ExecutorSettings:
     block_size: int = 16
     kv_cache_memory: int = 1 << 30
 
+    def __post_init__(self) -> None:
+        from modelport.errors import InvalidOptionError
+
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidOptionError(name, value, detail="expected a positive integer")
+
 
 class BlockAllocator:
     """Hands out KV cache block ids from a fixed pool."""
@@ -165,7 +173,10 @@ class CPUExecutor:
         params = params or SamplingParams()
         rid = request_id if request_id is not None else str(next(self._ids))
         text = prompt if isinstance(prompt, str) else None
-        ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if isinstance(prompt, str) and self.tokenizer is None:
+            ids: list[int] = []  # fails below, alone: text needs a tokenizer
+        else:
+            ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
         generator = None
         if params.seed is not None:
             import torch
@@ -187,6 +198,11 @@ class CPUExecutor:
 
     def _check(self, request: _Request) -> str | None:
         ids, params = request.prompt_token_ids, request.params
+        if self.tokenizer is None and (request.prompt is not None or params.stop_strings):
+            return (
+                "a text prompt or stop strings need a tokenizer, and this model was loaded with "
+                "skip_tokenizer_init=True; pass token ids and stop_token_ids instead"
+            )
         if not ids:
             return "the prompt is empty"
         if len(ids) >= self.max_model_len:
@@ -317,7 +333,7 @@ class CPUExecutor:
             for tid in [*top, token]:
                 lp = float(logprobs[tid])
                 rank = int((logprobs > logprobs[tid]).sum()) + 1
-                entry[tid] = Logprob(lp, rank, self.tokenizer.decode([tid]))
+                entry[tid] = Logprob(lp, rank, self._decode([tid]))
             assert out.logprobs is not None and out.cumulative_logprob is not None
             out.logprobs.append(entry)
             out.cumulative_logprob += chosen
@@ -340,7 +356,7 @@ class CPUExecutor:
             and (ids[-1] in self.eos_token_ids or ids[-1] in (request.params.stop_token_ids or ()))
         ):
             ids = ids[:-1]  # the ending token's text is not part of the output
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = self._decode(ids)
         for stop in request.params.stop_strings:
             at = text.find(stop, max(0, len(out.text) - len(stop)))
             if at != -1:
@@ -348,6 +364,10 @@ class CPUExecutor:
                 out.finish_reason, out.stop_reason = "stop", stop
                 return
         out.text = text
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of ``ids`` (special tokens skipped); empty without a tokenizer (token ids only)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     def _advance_stream(self, request: _Request) -> None:
         out = request.output

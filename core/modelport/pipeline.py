@@ -322,12 +322,17 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     if opts.skip_tokenizer_init:
         trace.record("tokenizer", "modelport", "skipped", "skip_tokenizer_init=True", 0.0)
     else:
-        if opts.tokenizer_revision and opts.tokenizer_revision != opts.revision:
-            # The tokenizer (the model's own when no tokenizer is named) at its own revision.
+        if opts.tokenizer:
+            # Another repository's revisions are its own: the model's revision (a commit of the model's
+            # repository, say) means nothing there, so only tokenizer_revision applies (unset: its default).
             tok_options = opts.replace(revision=opts.tokenizer_revision)
-            tok_source = run.classify("tokenizer_source", opts.tokenizer or reference, tok_options)
+            tok_source = run.classify("tokenizer_source", opts.tokenizer, tok_options)
+        elif opts.tokenizer_revision and opts.tokenizer_revision != opts.revision:
+            # The model's own tokenizer at another revision of the model's repository.
+            tok_options = opts.replace(revision=opts.tokenizer_revision)
+            tok_source = run.classify("tokenizer_source", reference, tok_options)
         else:
-            tok_source = run.classify("tokenizer_source", opts.tokenizer) if opts.tokenizer else source
+            tok_source = source
         answer = run.ask(
             "tokenizer",
             "modelport_resolve_tokenizer",

@@ -273,3 +273,22 @@ def test_a_plugin_can_take_over_the_cpu_executor(model_dir, modelport_host):
     assert llm.executor.settings.max_num_seqs == 3
     assert llm.executor.loaded.resolved.architecture.name == "LlamaForCausalLM"
     assert llm.loaded.trace.find("executor")[0].plugin == "takes-cpu"
+
+
+def test_without_a_tokenizer_token_ids_work_and_text_fails_alone(model_dir, llm, reference):
+    bare = modelport.LLM(str(model_dir), dtype="float32", skip_tokenizer_init=True)
+    ids = llm.get_tokenizer()(PROMPTS[0])["input_ids"]
+    text_result, ids_result = bare.generate([PROMPTS[0], ids], GREEDY)
+    assert "need a tokenizer" in text_result.error and "skip_tokenizer_init=True" in text_result.error
+    assert ids_result.outputs[0].token_ids == _expected(reference, llm.get_tokenizer(), PROMPTS[0], 12)
+    assert ids_result.outputs[0].text == ""
+
+
+def test_executor_settings_are_validated_and_cpu_indexes_are_accepted(model_dir):
+    from modelport.errors import InvalidOptionError
+
+    for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory"):
+        with pytest.raises(InvalidOptionError, match=f"option {name!r}"):
+            ExecutorSettings(**{name: 0})
+    llm = modelport.LLM(str(model_dir), dtype="float32", device="cpu:0", load_format="dummy")
+    assert type(llm.executor).__name__ == "CPUExecutor"

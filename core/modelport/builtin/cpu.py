@@ -21,7 +21,7 @@ def modelport_register_executors(register: Callable[..., None]) -> None:
 @hookimpl(trylast=True)
 def modelport_create_executor(device: str, model: Any, options: LoadOptions, loaded: Any, settings: Any) -> Any:
     """A :class:`~modelport.executor.CPUExecutor` when ``device`` is ``cpu``."""
-    if device != "cpu":
+    if device.split(":")[0] != "cpu":
         return None
     from modelport.executor import CPUExecutor
 

@@ -301,6 +301,15 @@ def test_hf_config_path_and_tokenizer_can_come_from_other_repos(hub_server, tiny
     assert hub_server.count(repo_id="org/weights", filename="config.json") == 0
 
 
+def test_a_separate_tokenizer_repo_ignores_the_models_revision(hub_server, tiny_model):
+    weights = hub_server.add_repo("org/weights", tiny_model("weights"))
+    hub_server.add_repo("org/tokenizer", tiny_model("tok", weights=None))
+    pinned = weights.resolve("main").sha  # a commit of org/weights: org/tokenizer has no such revision
+    resolved = modelport.resolve("org/weights", revision=pinned, tokenizer="org/tokenizer")
+    assert resolved.source.revision == pinned
+    assert resolved.tokenizer.source.requested_revision == "main"
+
+
 def test_tokenizer_revision_takes_the_tokenizer_from_its_own_commit(tiny_repo, hub_server):
     from modelport.testing import make_tokenizer
 
