@@ -22,14 +22,17 @@ from modelport.testing.distributions import PluginDistribution, make_plugin_dist
 from modelport.testing.hosts import isolated_host, registered_plugin
 from modelport.testing.hub_server import HubServer
 from modelport.testing.models import TINY_ARCHITECTURES, make_tiny_model, make_tokenizer
+from modelport.testing.plugin_checks import describe_installed, modules_imported_by_loading
 
 __all__ = [
     "TINY_ARCHITECTURES",
     "HubServer",
     "PluginDistribution",
+    "describe_installed",
     "isolated_host",
     "make_plugin_distribution",
     "make_tiny_model",
     "make_tokenizer",
+    "modules_imported_by_loading",
     "registered_plugin",
 ]
