@@ -22,7 +22,7 @@ CONSTRAINTS = "tests/constraints.txt"
 #: Every plugin distribution in plugins/, by folder name: a new plugin gets its ``isolated`` session.
 PLUGINS = tuple(sorted(path.parent.name for path in ROOT.glob("plugins/*/pyproject.toml")))
 #: What the test sessions install besides the projects under test.
-TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6", "sentencepiece")
+TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6", "sentencepiece", "mkdocs")
 #: The plugins the demo needs to load the default model (its Llama is native, in core).
 DEMO_PLUGINS = ("hf",)
 
