@@ -82,6 +82,7 @@ class InvalidConfigError(ModelportError):
 
     def __init__(self, file: str, detail: str, *, field: str | None = None, value: object = None) -> None:
         self.file = file
+        self.detail = detail
         self.field = field
         self.value = value
         where = f"{file}"

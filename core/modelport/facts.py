@@ -214,9 +214,12 @@ def derived_max_model_len(hf_text_config: Any) -> tuple[int, str]:
             rope_type = params.get("rope_type", params.get("type", "default"))
             if rope_type in UNSCALED_ROPE_TYPES:
                 continue
-            factor = float(params.get("factor", factor) or 1.0)
-            if rope_type == "yarn" and params.get("original_max_position_embeddings"):
-                derived = params["original_max_position_embeddings"]
+            if params.get("factor") is not None:
+                factor = _positive_number(params["factor"], "rope_parameters.factor")
+            if rope_type == "yarn" and params.get("original_max_position_embeddings") is not None:
+                derived = _positive_number(
+                    params["original_max_position_embeddings"], "rope_parameters.original_max_position_embeddings"
+                )
         if factor != 1.0:
             derived *= factor
             key += " x rope factor"
@@ -303,6 +306,8 @@ def num_experts(hf_text_config: Any) -> int:
     for name in EXPERT_COUNT_KEYS:
         value = getattr(hf_text_config, name, None)
         if isinstance(value, (list, tuple)):
+            if not all(_is_count(v) for v in value):
+                raise InvalidConfigError("config", "expected expert counts", field=name, value=value)
             value = max(value) if value else None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -337,10 +342,26 @@ def sliding_window(hf_text_config: Any) -> int | None:
     if getattr(hf_text_config, "use_sliding_window", True) is False:
         return None
     value = getattr(hf_text_config, "sliding_window", None)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)):  # per layer; null for a full-attention layer
+        if not all(v is None or _is_count(v) for v in value):
+            raise InvalidConfigError(
+                "config", "expected window sizes or null per layer", field="sliding_window", value=value
+            )
         windows = [v for v in value if v]
         return max(windows) if windows else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    if value is not None and not _is_count(value):
+        raise InvalidConfigError("config", "expected a window size or null", field="sliding_window", value=value)
+    return value if value else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _positive_number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidConfigError("config", "expected a positive number", field=field, value=value)
+    return float(value)
 
 
 def model_facts(hf_config: Any, hf_text_config: Any) -> ModelFacts:

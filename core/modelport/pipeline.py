@@ -283,8 +283,12 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     start = time.perf_counter()
     hf_text = text_config(hf_config)
     dtype = resolve_dtype(opts.dtype, hf_config, device=opts.device)
-    max_len = resolve_max_model_len(opts.max_model_len, hf_text)
-    facts = model_facts(hf_config, hf_text)
+    try:
+        max_len = resolve_max_model_len(opts.max_model_len, hf_text)
+        facts = model_facts(hf_config, hf_text)
+    except InvalidConfigError as exc:
+        # The facts read attributes, not files: name the file the config came from.
+        raise InvalidConfigError(config_source.location, exc.detail, field=exc.field, value=exc.value) from exc
     trace.record(
         "facts",
         "modelport",

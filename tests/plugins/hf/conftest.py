@@ -29,3 +29,12 @@ def hf_only(_modelport_isolation, monkeypatch):
     reset_host()
     with registered_plugin(AnyArchitecture(), "any-architecture", host=get_host()):
         yield
+
+
+@pytest.fixture
+def tiny_repo(hub_server, tiny_model):
+    """A tiny model (the kit's, with tokenizer and weights) served by the local Hub as ``org/tiny``."""
+    folder = tiny_model()
+    repo = hub_server.add_repo("org/tiny", folder)
+    repo.folder = folder
+    return repo

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import modelport
-from modelport import hookimpl
 from modelport.errors import (
     AccessDeniedError,
     DownloadError,
@@ -18,28 +17,7 @@ from modelport.errors import (
     ReferenceNotFoundError,
 )
 from modelport.options import LoadOptions
-from modelport.testing import registered_plugin
-from modelport.types import ArchitectureChoice
 from modelport_hf.hub import HubSource, looks_like_repo_id
-
-
-class RecordingArchitectureFirst:
-    """Picks the recording model (tests/plugins/hf/hf_test_models.py) before any real implementation."""
-
-    @hookimpl(tryfirst=True)
-    def modelport_select_architecture(self, hf_config, model_impl, registry):
-        names = getattr(hf_config, "architectures", None)
-        return ArchitectureChoice(names[0], "native", "hf_test_models:RecordingModel") if names else None
-
-
-@pytest.fixture(autouse=True)
-def recording_model(hf_only):
-    """Loaded models keep their weights in ``model.weights``, whatever implementations are installed."""
-    from modelport.plugins import get_host
-
-    with registered_plugin(RecordingArchitectureFirst(), "recording-first", host=get_host()):
-        yield
-
 
 SECRET = "hf_secretTOKENvalue123"
 

@@ -10,40 +10,11 @@ from contextlib import contextmanager
 import pytest
 
 import modelport
-from modelport import hookimpl
 from modelport.errors import OfflineMissError
-from modelport.testing import registered_plugin
-from modelport.types import ArchitectureChoice
 
 # huggingface_hub reads HF_HUB_OFFLINE once, when first imported: import it before any test sets the
 # variable, so that setting it for one test does not leave the library offline for the rest of the session.
 pytest.importorskip("huggingface_hub")
-
-
-class RecordingArchitectureFirst:
-    """Picks the recording model (tests/plugins/hf/hf_test_models.py) before any real implementation."""
-
-    @hookimpl(tryfirst=True)
-    def modelport_select_architecture(self, hf_config, model_impl, registry):
-        names = getattr(hf_config, "architectures", None)
-        return ArchitectureChoice(names[0], "native", "hf_test_models:RecordingModel") if names else None
-
-
-@pytest.fixture(autouse=True)
-def recording_model(hf_only):
-    """Loaded models keep their weights in ``model.weights``, whatever implementations are installed."""
-    from modelport.plugins import get_host
-
-    with registered_plugin(RecordingArchitectureFirst(), "recording-first", host=get_host()):
-        yield
-
-
-@pytest.fixture
-def tiny_repo(hub_server, tiny_model):
-    folder = tiny_model()
-    repo = hub_server.add_repo("org/tiny", folder)
-    repo.folder = folder
-    return repo
 
 
 @contextmanager

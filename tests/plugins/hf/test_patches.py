@@ -285,3 +285,21 @@ def test_nested_overrides_reach_the_text_config_before_normalisation(tmp_path):
     assert resolved.hf_text_config.max_position_embeddings == 1000
     assert resolved.hf_text_config.rope_parameters["rope_type"] == "longrope"  # normalised after the override
     assert type(resolved.hf_config).__name__ == "Qwen2VLConfig"  # the parent config is untouched
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"sliding_window": [1.0, "0"]},
+            "field 'sliding_window' = [1.0, '0']: expected window sizes or null per layer",
+        ),
+        ({"sliding_window": "4096"}, "field 'sliding_window' = '4096': expected a window size or null"),
+        ({"num_local_experts": ["8"]}, "field 'num_local_experts' = ['8']: expected expert counts"),
+    ],
+)
+def test_facts_from_malformed_values_are_invalid_config_errors_naming_the_folder(tmp_path, fields, message):
+    ref = _write(tmp_path / "m", **fields)
+    with pytest.raises(InvalidConfigError) as info:
+        _resolve(ref)
+    assert str(info.value) == f"invalid config in {tmp_path / 'm'}, {message}"
