@@ -9,9 +9,15 @@ with a sliding window of ``w`` only those with ``k > q - w`` (a token sees
 itself and the ``w - 1`` before it), as transformers' masks do.
 
 :func:`paged_attention` writes a layer's new keys and values into the cache
-and attends each sequence with ``torch.nn.functional.scaled_dot_product_attention``.
-A sequence with nothing cached (a prefill) reads its keys straight from the
-step's own tensors; a sliding window reads only the keys inside it.
+and attends with ``torch.nn.functional.scaled_dot_product_attention``. The
+sequences with one new token (decoding) are attended together: their keys are
+gathered from the cache into one padded ``[sequences, keys, heads, head_dim]``
+tensor, masked past each sequence's length, and go through one call, in
+float32 (CPU attention over one query in bfloat16 or float16 is several times
+slower than in float32, and the gathered keys are few). The other sequences
+(prefill chunks) are attended one by one; one with nothing cached reads its
+keys straight from the step's own tensors. A sliding window reads only the
+keys inside it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,10 @@ class BatchLayout:
         )
         self.last_token_index = torch.tensor([s.end - 1 for s in spans], dtype=torch.int64, device=device)
         self._reads: dict[tuple[int, int | None], tuple[int, torch.Tensor | None, torch.Tensor | None]] = {}
+        #: Indexes (in ``spans``) of the sequences with more than one new token, attended one by one.
+        self.one_by_one: tuple[int, ...] = tuple(i for i, s in enumerate(spans) if s.query_len > 1)
+        self._single = tuple(s for s in spans if s.query_len == 1)
+        self._decodes: dict[int | None, DecodeReads] = {}
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
@@ -114,6 +124,51 @@ class BatchLayout:
         self._reads[(index, window)] = found
         return found
 
+    def decode_reads(self, window: int | None) -> DecodeReads | None:
+        """What the batch's single-token sequences read under ``window``, gathered; ``None`` if it has none."""
+        if not self._single:
+            return None
+        found = self._decodes.get(window)
+        if found is not None:
+            return found
+        spans = self._single
+        block = self.cache.block_size
+        totals = torch.tensor([s.total_len for s in spans], dtype=torch.int64)
+        # The one query sits at total - 1 and sees the keys k > total - 1 - window.
+        starts = totals.new_zeros(len(spans)) if window is None else (totals - window).clamp(min=0)
+        lengths = totals - starts
+        width = int(lengths.max())
+        needed = [-(-s.total_len // block) for s in spans]  # the tables cover this much (checked in __init__)
+        blocks = max(needed)
+        tables = torch.tensor([[*s.block_table[:n], *[0] * (blocks - n)] for s, n in zip(spans, needed, strict=True)])
+        # Padding reads the sequence's last key again; the mask hides it.
+        index = torch.minimum(starts[:, None] + torch.arange(width), totals[:, None] - 1)
+        slots = tables.gather(1, index // block) * block + index % block
+        mask = None
+        if bool((lengths != width).any()):
+            mask = (torch.arange(width) < lengths[:, None]).view(len(spans), 1, 1, width).to(self.device)
+        rows = torch.tensor([s.start for s in spans], dtype=torch.int64, device=self.device)
+        found = DecodeReads(rows, slots.view(-1).to(self.device), width, mask)
+        self._decodes[window] = found
+        return found
+
+
+@dataclass(frozen=True)
+class DecodeReads:
+    """The keys the single-token sequences of a step read, gathered for one batched call.
+
+    Attributes:
+        rows: each sequence's token in the flat batch (``[S]``).
+        slots: the cache slots of its keys, ``width`` per sequence, padded (``[S * width]``).
+        width: keys per sequence after padding (the longest sequence's count).
+        mask: ``[S, 1, 1, width]``, true where a key is read; ``None`` when none is padding.
+    """
+
+    rows: torch.Tensor
+    slots: torch.Tensor
+    width: int
+    mask: torch.Tensor | None
+
 
 def paged_attention(
     query: torch.Tensor,
@@ -142,7 +197,21 @@ def paged_attention(
     layout.cache.write(layer, layout.new_slots, key, value)
     grouped = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)
-    for index, span in enumerate(layout.spans):
+    decodes = layout.decode_reads(window)
+    if decodes is not None:
+        count, heads, dim = decodes.rows.numel(), key.shape[1], key.shape[2]
+        keys, values = layout.cache.read(layer, decodes.slots)
+        attended = F.scaled_dot_product_attention(
+            query[decodes.rows].float().unsqueeze(2),
+            keys.view(count, decodes.width, heads, dim).float().transpose(1, 2),
+            values.view(count, decodes.width, heads, dim).float().transpose(1, 2),
+            attn_mask=decodes.mask,
+            scale=scale,
+            enable_gqa=grouped,
+        )
+        out[decodes.rows] = attended[:, :, 0].to(out.dtype)
+    for index in layout.one_by_one:
+        span = layout.spans[index]
         key_start, slots, mask = layout.keys_for(index, window)
         if slots is None:
             offset = span.start + key_start
