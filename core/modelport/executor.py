@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from modelport.errors import ExecutorError
 from modelport.models.protocol import SequenceBatch
 from modelport.outputs import CompletionOutput, Logprob, RequestOutput
-from modelport.sampling import SamplingParams, apply_repetition_penalty, sample
+from modelport.sampling import SamplingParams, apply_repetition_penalty, sample, sample_greedy
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +77,7 @@ class BlockAllocator:
         self._free.extend(blocks)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the scheduler looks requests up in lists every step
 class _Request:
     request_id: str
     prompt: str | None
@@ -300,11 +300,21 @@ class CPUExecutor:
         with torch.inference_mode():
             logits = self.model.forward(batch, self.kv_cache).float()
         self.steps += 1
-        for row, (request, count) in enumerate(scheduled):
+        for request, count in scheduled:
             request.num_computed += count
+        # Plain greedy rows (no penalty to apply first) are chosen in one argmax over the batch.
+        plain = [
+            row
+            for row, (request, _) in enumerate(scheduled)
+            if request.params.greedy
+            and request.params.repetition_penalty == 1.0
+            and request.num_computed == len(request.tokens)
+        ]
+        chosen = dict(zip(plain, sample_greedy(logits[plain, : self.vocab_size]), strict=True)) if plain else {}
+        for row, (request, _) in enumerate(scheduled):
             if request.num_computed < len(request.tokens):
                 continue  # a prefill chunk: no token yet
-            self._append(request, logits[row])
+            self._append(request, logits[row], chosen.get(row))
             self._advance_stream(request)
             reported.append(request.snapshot())
             if request.output.finish_reason is not None:
@@ -313,16 +323,18 @@ class CPUExecutor:
                 request.blocks = []
         return reported
 
-    def _append(self, request: _Request, row: torch.Tensor) -> None:
+    def _append(self, request: _Request, row: torch.Tensor, token: int | None = None) -> None:
+        """Append the next token of ``request``, chosen from its logits ``row`` unless ``token`` is given."""
         import torch
 
         params, out = request.params, request.output
         raw = row[: self.vocab_size]
-        logits = raw.clone()
-        if params.repetition_penalty != 1.0:
-            seen = torch.tensor(request.tokens, dtype=torch.long)
-            logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-        token = sample(logits, params, request.generator or self._generator)
+        if token is None:
+            logits = raw
+            if params.repetition_penalty != 1.0:
+                seen = torch.tensor(request.tokens, dtype=torch.long)
+                logits = apply_repetition_penalty(raw.clone(), seen, params.repetition_penalty)
+            token = sample(logits, params, request.generator or self._generator)
         request.tokens.append(token)
         out.token_ids.append(token)
         if params.logprobs is not None:

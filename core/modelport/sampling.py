@@ -140,3 +140,11 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         return int(torch.argmax(logits))
     probs = torch.softmax(filter_logits(logits.float(), params), dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_greedy(logits: torch.Tensor) -> list[int]:
+    """The greedy choice of every row of ``logits`` (``[rows, vocab]``) at once; what :func:`sample` picks per row."""
+    import torch
+
+    chosen: list[int] = torch.argmax(logits, dim=-1).tolist()
+    return chosen

@@ -7,7 +7,7 @@ import torch
 
 import modelport
 from modelport.errors import InvalidOptionError
-from modelport.sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample
+from modelport.sampling import SamplingParams, apply_repetition_penalty, filter_logits, sample, sample_greedy
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,9 @@ def test_greedy_is_argmax_and_seeded_sampling_is_reproducible():
     assert len(set(draws)) == 1
     spread = {sample(logits, params, torch.Generator().manual_seed(s)) for s in range(40)}
     assert {1, 3} <= spread  # both likely tokens come up across seeds
+
+
+def test_batched_greedy_picks_what_sample_picks_per_row_ties_included():
+    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [1.0, 1.0, 0.0, 1.0], [-5.0, -1.0, -1.0, -9.0]])
+    greedy = SamplingParams(temperature=0)
+    assert sample_greedy(logits) == [sample(row, greedy, None) for row in logits] == [1, 0, 1]
