@@ -33,6 +33,7 @@ from torch import nn
 from modelport.errors import InvalidConfigError
 from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
+from modelport.models.linear import Linear, linear
 from modelport.models.protocol import SequenceBatch
 from modelport.models.rope import RotaryEmbedding, Rotation
 from modelport.pipeline import WeightReport
@@ -119,10 +120,10 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, d
         self.window = shape.windows[layer]
         self.scale = d**-0.5
-        self.q_proj = nn.Linear(h, shape.num_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.k_proj = nn.Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.v_proj = nn.Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.o_proj = nn.Linear(shape.num_heads * d, h, bias=shape.o_bias, dtype=dtype)
+        self.q_proj = Linear(h, shape.num_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.k_proj = Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.v_proj = Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.o_proj = Linear(shape.num_heads * d, h, bias=shape.o_bias, dtype=dtype)
         self.q_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
         self.k_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
 
@@ -146,9 +147,9 @@ class GatedMLP(nn.Module):
     def __init__(self, shape: DecoderShape, dtype: torch.dtype) -> None:
         super().__init__()
         h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=bias, dtype=dtype)
-        self.up_proj = nn.Linear(h, i, bias=bias, dtype=dtype)
-        self.down_proj = nn.Linear(i, h, bias=bias, dtype=dtype)
+        self.gate_proj = Linear(h, i, bias=bias, dtype=dtype)
+        self.up_proj = Linear(h, i, bias=bias, dtype=dtype)
+        self.down_proj = Linear(i, h, bias=bias, dtype=dtype)
         self.act = ACTIVATIONS[shape.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +230,7 @@ class LlamaForCausalLM(nn.Module):
         ]
         self.model = DecoderModel(shape, layers, dtype)
         self.lm_head = (
-            None if shape.tie_word_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, False, dtype=dtype)
+            None if shape.tie_word_embeddings else Linear(shape.hidden_size, shape.vocab_size, False, dtype=dtype)
         )
 
     # --- building ---------------------------------------------------------------------
@@ -458,7 +459,7 @@ class LlamaForCausalLM(nn.Module):
                 hidden = hidden[layout.last_token_index]
             hidden = self.model.norm(hidden)
             if self.lm_head is None:
-                return F.linear(hidden, self.model.embed_tokens.weight)
+                return linear(hidden, self.model.embed_tokens.weight)
             logits: torch.Tensor = self.lm_head(hidden)
             return logits
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelport.models.linear import linear
 from modelport.models.llama import ACTIVATIONS, DecoderShape, MistralForCausalLM, WeightTarget
 
 _LEGACY_EXPERT = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
@@ -42,8 +43,8 @@ class Experts(nn.Module):
         out = torch.zeros_like(x)
         for expert in torch.unique(chosen).tolist():
             token, slot = torch.where(chosen == expert)
-            gate, up = nn.functional.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            y = nn.functional.linear(self.act(gate) * up, self.down_proj[expert])
+            gate, up = linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            y = linear(self.act(gate) * up, self.down_proj[expert])
             out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
         return out
 
@@ -58,7 +59,7 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The chosen experts (``[T, top_k]``) and their renormalised probabilities (float32)."""
-        probs = torch.softmax(nn.functional.linear(x, self.weight).float(), dim=-1)
+        probs = torch.softmax(linear(x, self.weight).float(), dim=-1)
         top, chosen = torch.topk(probs, self.top_k, dim=-1)
         return chosen, top / top.sum(dim=-1, keepdim=True)
 
