@@ -3,9 +3,10 @@
 ATen runs a float32 ``F.linear`` on the CPU through its BLAS (MKL's sgemm in
 the official wheels); bfloat16 and float16 already go through oneDNN,
 PyTorch's other CPU kernel library. For float32, oneDNN's inner product is
-faster on the shapes a decoder has: about 2x for 1 to 2048 rows on the AMD
-EPYC development machine, where MKL does not take its AVX-512 path
-(benchmarks/bench_generate.py). So :func:`linear` sends float32 CPU inputs to
+faster on the shapes a decoder has: 1.2x to 2.4x for 1 to 2048 rows on the
+AMD EPYC development machine, where oneDNN runs AVX-512 code and MKL
+(``MKL_VERBOSE=1``) only its generic path; see benchmarks/README.md,
+"Generation throughput". So :func:`linear` sends float32 CPU inputs to
 ``torch.ops.mkldnn._linear_pointwise``, the operator ``torch.compile``'s CPU
 backend emits for linear layers, with the dense weight as it is (no second,
 reordered copy of the weights).
