@@ -21,6 +21,31 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = "tests/constraints.txt"
 #: Every plugin distribution in plugins/, by folder name: a new plugin gets its ``isolated`` session.
 PLUGINS = tuple(sorted(path.parent.name for path in ROOT.glob("plugins/*/pyproject.toml")))
+
+
+def local_plugin_dependencies(plugin: str) -> tuple[str, ...]:
+    """The plugins in plugins/ that ``plugin`` requires (``modelport-hf`` in its dependencies gives ``hf``).
+
+    They are not on PyPI yet, so a session that installs one plugin installs these from the
+    checkout beside it, recursively.
+    """
+    import tomllib
+
+    found: list[str] = []
+    pending = [plugin]
+    while pending:
+        project = tomllib.loads((ROOT / "plugins" / pending.pop() / "pyproject.toml").read_text())
+        for requirement in project["project"].get("dependencies", []):
+            name = requirement.split(";")[0].split("[")[0]
+            for sep in "<>=!~ ":
+                name = name.split(sep)[0]
+            folder = name.strip().removeprefix("modelport-")
+            if name.startswith("modelport-") and folder in PLUGINS and folder not in found:
+                found.append(folder)
+                pending.append(folder)
+    return tuple(found)
+
+
 #: What the test sessions install besides the projects under test.
 TEST_REQUIREMENTS = ("pytest>=8", "hypothesis>=6", "sentencepiece", "mkdocs")
 #: The plugins the demo needs to load the default model (its Llama is native, in core).
@@ -63,8 +88,9 @@ def tests(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("plugin", [nox.param(name, id=name) for name in PLUGINS])
 def isolated(session: nox.Session, plugin: str) -> None:
-    """Core plus one plugin alone: core's tests and that plugin's tests must pass without the others."""
-    install_projects(session, ".", f"plugins/{plugin}", extra=TEST_REQUIREMENTS)
+    """Core plus one plugin and the plugins it requires: core's tests and that plugin's tests pass without the rest."""
+    needed = (plugin, *local_plugin_dependencies(plugin))
+    install_projects(session, ".", *(f"plugins/{name}" for name in needed), extra=TEST_REQUIREMENTS)
     paths = ["tests/core", f"tests/plugins/{plugin}"]
     missing = [path for path in paths if not (ROOT / path).is_dir()]
     if missing:
