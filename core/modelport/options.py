@@ -18,6 +18,10 @@ from typing import Any
 from modelport.errors import InvalidOptionError, UnknownOptionError
 
 MODEL_IMPLS = ("auto", "native", "transformers")
+#: Where repository ids resolve: the Hugging Face Hub or ModelScope (``hub`` option).
+HUBS = ("hf", "modelscope")
+#: Environment variables that switch repository ids to ModelScope when ``hub`` is ``None``.
+MODELSCOPE_ENV_SWITCHES = ("MODELPORT_USE_MODELSCOPE", "VLLM_USE_MODELSCOPE")
 DTYPES = ("auto", "float32", "float", "float16", "half", "bfloat16", "float64", "double")
 _DEVICE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(:\d+)?$")
 _TRUE = ("1", "true", "yes", "on")
@@ -52,6 +56,8 @@ class LoadOptions:
         download_dir: keep downloaded files here instead of the shared cache.
         offline: make no network call (``None``: follow ``HF_HUB_OFFLINE``).
         max_model_len: cap on the context length; an error if above the model's.
+        hub: where repository ids resolve: ``hf`` or ``modelscope`` (``None``: ``modelscope``
+            when ``MODELPORT_USE_MODELSCOPE`` or ``VLLM_USE_MODELSCOPE`` is set, else ``hf``).
     """
 
     revision: str | None = None
@@ -72,6 +78,7 @@ class LoadOptions:
     download_dir: str | None = None
     offline: bool | None = None
     max_model_len: int | None = None
+    hub: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("revision", "code_revision", "hf_config_path", "tokenizer", "tokenizer_revision", "download_dir"):
@@ -92,6 +99,8 @@ class LoadOptions:
             raise InvalidOptionError(
                 "token", type(self.token).__name__, detail="expected a string, True, False or None"
             )
+        if self.hub is not None and self.hub not in HUBS:
+            raise InvalidOptionError("hub", self.hub, HUBS)
         if self.model_impl not in MODEL_IMPLS:
             raise InvalidOptionError("model_impl", self.model_impl, MODEL_IMPLS)
         if self.dtype not in DTYPES:
@@ -138,6 +147,13 @@ class LoadOptions:
         if self.offline is not None:
             return self.offline
         return env_flag("HF_HUB_OFFLINE")
+
+    @property
+    def effective_hub(self) -> str:
+        """Where repository ids resolve: the ``hub`` option, else ``modelscope`` when an environment switch is set."""
+        if self.hub is not None:
+            return self.hub
+        return "modelscope" if any(env_flag(name) for name in MODELSCOPE_ENV_SWITCHES) else "hf"
 
     def to_public_dict(self) -> dict[str, Any]:
         """A JSON-friendly view for traces and ``inspect``: the token is masked."""

@@ -27,6 +27,7 @@ OPTIONS_NAMED_IN_THE_ISSUES = {
     "download_dir",
     "offline",
     "max_model_len",
+    "hub",  # issue 10: hf or modelscope
 }
 
 
@@ -44,7 +45,11 @@ def test_unknown_option_lists_the_valid_ones(toy, toy_model):
 
 @pytest.mark.parametrize(
     ("option", "value", "listed"),
-    [("model_impl", "vllm", "'auto', 'native', 'transformers'"), ("dtype", "fp8", "'bfloat16'")],
+    [
+        ("model_impl", "vllm", "'auto', 'native', 'transformers'"),
+        ("dtype", "fp8", "'bfloat16'"),
+        ("hub", "ms", "'hf', 'modelscope'"),
+    ],
 )
 def test_closed_values_list_the_supported_ones(option, value, listed):
     with pytest.raises(InvalidOptionError) as info:

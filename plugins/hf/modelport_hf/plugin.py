@@ -38,8 +38,8 @@ def modelport_classify_reference(reference: str, options: LoadOptions) -> Decisi
     """
     from modelport_hf.hub import HubSource, looks_like_repo_id
 
-    if not looks_like_repo_id(reference):
-        return None
+    if not looks_like_repo_id(reference) or options.effective_hub != "hf":
+        return None  # with hub="modelscope" (or its environment switch) ids are modelport-modelscope's
     source = HubSource.from_options(reference, options)
     return Decision(source, f"a Hub repository id; {source.pinned_by}; files listed by {source.listed_by}")
 
