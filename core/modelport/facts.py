@@ -29,8 +29,14 @@ CONTEXT_LENGTH_KEYS = (
 )
 #: Used when a config states no context length at all (vLLM's default).
 DEFAULT_MAX_MODEL_LEN = 2048
-#: RoPE types whose ``factor`` is not applied to the context length (vLLM's rule).
+#: RoPE types whose ``factor`` is not applied to the context length: their configs state the scaled
+#: length already (vLLM 0.32's list, plus the YaRN family below).
 UNSCALED_ROPE_TYPES = ("su", "longrope", "llama3")
+#: YaRN and its vendor spellings. Since vLLM 0.32 (vllm-project/vllm#56446, aligning with
+#: transformers' ``_compute_yarn_parameters``) their ``factor`` never scales ``max_position_embeddings``,
+#: which YaRN configs state already scaled; before, plain ``yarn`` gave
+#: ``original_max_position_embeddings * factor`` and the vendor spellings multiplied the scaled length again.
+YARN_ROPE_TYPES = ("yarn", "deepseek_yarn", "telechat3-yarn")
 #: Architecture-name suffixes and the runner vLLM derives from them, in priority order.
 RUNNER_BY_SUFFIX = (
     ("ForCausalLM", "generate"),
@@ -181,16 +187,8 @@ def _rope_parameter_sets(hf_text_config: Any) -> list[Mapping[str, Any]]:
     return [params]
 
 
-def derived_max_model_len(hf_text_config: Any) -> tuple[int, str]:
-    """The model's own context length and the key it came from, with RoPE scaling applied once.
-
-    The smallest of :data:`CONTEXT_LENGTH_KEYS` wins, except that
-    ``model_max_length`` overrides when set; then the RoPE ``factor`` scales it
-    (for ``yarn``, the ``original_max_position_embeddings`` is scaled), except
-    for ``su``/``longrope``/``llama3`` and for Gemma 3, whose configs already
-    state the scaled length. Nothing is ever scaled twice: the factor is read
-    from the normalised ``rope_parameters`` only.
-    """
+def _stated_length(hf_text_config: Any) -> tuple[float, str]:
+    """The smallest context length the config states, or ``inf`` (vLLM's key list and its override)."""
     derived: float = float("inf")
     key = ""
     for name in CONTEXT_LENGTH_KEYS:
@@ -203,39 +201,104 @@ def derived_max_model_len(hf_text_config: Any) -> tuple[int, str]:
             derived, key = value, name
     model_max_length = getattr(hf_text_config, "model_max_length", None)
     if model_max_length:
+        # Command-R, Cohere2, Aya Vision: model_max_length wins even when larger than the other keys.
         derived, key = model_max_length, "model_max_length"
+    return derived, key
+
+
+def _rope_factor(hf_text_config: Any) -> float:
+    """The RoPE factor that scales the stated length: 1 when none does (see :func:`derived_max_model_len`)."""
+    model_type = str(getattr(hf_text_config, "model_type", "") or "")
+    if "gemma3" in model_type:
+        return 1.0  # Gemma 3 states its RoPE-scaled length (128K) already
+    factor = 1.0
+    for params in _rope_parameter_sets(hf_text_config):
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type in UNSCALED_ROPE_TYPES or rope_type in YARN_ROPE_TYPES:
+            continue
+        if params.get("factor") is not None:
+            # vLLM assumes every layer type shares one factor: the last one stated wins.
+            factor = _positive_number(params["factor"], "rope_parameters.factor")
+    return factor
+
+
+def derived_max_model_len(
+    hf_text_config: Any,
+    *,
+    sliding_window_cap: int | None = None,
+    tokenizer_model_max_length: int | None = None,
+    encoder_max_seq_length: int | None = None,
+) -> tuple[int, str]:
+    """The model's own context length and where it came from, following vLLM 0.32's ``_get_and_verify_max_len``.
+
+    In order:
+
+    1. the smallest of :data:`CONTEXT_LENGTH_KEYS` the config states; a truthy
+       ``model_max_length`` overrides it even when larger;
+    2. ``sliding_window_cap``: the sliding window, when the engine disables
+       sliding attention and the window is shorter;
+    3. ``tokenizer_model_max_length``: the tokenizer config's
+       ``model_max_length`` caps it (vLLM reads it for pooling models with
+       absolute position embeddings only);
+    4. no length stated at all: :data:`DEFAULT_MAX_MODEL_LEN`;
+    5. the RoPE ``factor`` multiplies it (``linear``, ``dynamic``...), except for
+       ``su``/``longrope``/``llama3``, the YaRN family (:data:`YARN_ROPE_TYPES`)
+       and Gemma 3, whose configs state the scaled length already; the factor
+       is read from the normalised ``rope_parameters`` only, so nothing is
+       scaled twice;
+    6. ``encoder_max_seq_length`` (a sentence-transformers model's
+       ``max_seq_length``) replaces the result.
+    """
+    derived, key = _stated_length(hf_text_config)
+    if sliding_window_cap is not None and sliding_window_cap < derived:
+        derived, key = sliding_window_cap, "sliding_window"
+    if tokenizer_model_max_length is not None and tokenizer_model_max_length < derived:
+        derived, key = tokenizer_model_max_length, "tokenizer model_max_length"
     if derived == float("inf"):
         derived, key = DEFAULT_MAX_MODEL_LEN, "default"
-    model_type = str(getattr(hf_text_config, "model_type", "") or "")
-    rope_sets = _rope_parameter_sets(hf_text_config)
-    if rope_sets and "gemma3" not in model_type:
-        factor = 1.0
-        for params in rope_sets:
-            rope_type = params.get("rope_type", params.get("type", "default"))
-            if rope_type in UNSCALED_ROPE_TYPES:
-                continue
-            if params.get("factor") is not None:
-                factor = _positive_number(params["factor"], "rope_parameters.factor")
-            if rope_type == "yarn" and params.get("original_max_position_embeddings") is not None:
-                derived = _positive_number(
-                    params["original_max_position_embeddings"], "rope_parameters.original_max_position_embeddings"
-                )
-        if factor != 1.0:
-            derived *= factor
-            key += " x rope factor"
+    factor = _rope_factor(hf_text_config)
+    if factor != 1.0:
+        derived *= factor
+        key += " x rope factor"
+    if encoder_max_seq_length is not None:
+        derived, key = encoder_max_seq_length, "encoder max_seq_length"
     return int(derived), key
 
 
-def resolve_max_model_len(user_value: int | None, hf_text_config: Any) -> int:
-    """The user's cap if it fits the model, else the model's own length.
+def resolve_max_model_len(
+    user_value: int | None,
+    hf_text_config: Any,
+    *,
+    sliding_window_cap: int | None = None,
+    tokenizer_model_max_length: int | None = None,
+    encoder_max_seq_length: int | None = None,
+) -> int:
+    """The user's cap if it fits the model, else the model's own length (vLLM 0.32's rules).
 
-    With LongRoPE and no cap, the model's ``original_max_position_embeddings``
-    is used, as vLLM does (longer contexts degrade short-sequence quality).
+    * A config that states no length at all takes the user's value as it is
+      (vLLM returns it before any check); without one, :data:`DEFAULT_MAX_MODEL_LEN`.
+    * With LongRoPE and no cap, the config's ``original_max_position_embeddings``
+      is used, as vLLM does (longer contexts degrade short-sequence quality).
+    * A cap above the derived length is allowed only up to the config's
+      ``model_max_length``. vLLM lets ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1`` lift
+      that check; modelport does not (past the trained length, RoPE models
+      produce NaNs and absolute-position models index out of range).
+
+    The keyword arguments are :func:`derived_max_model_len`'s.
 
     Raises:
         InvalidOptionError: the user asks for more than the model allows.
     """
-    derived, key = derived_max_model_len(hf_text_config)
+    stated, _ = _stated_length(hf_text_config)
+    capped = sliding_window_cap is not None or tokenizer_model_max_length is not None
+    if user_value is not None and stated == float("inf") and not capped:
+        return user_value
+    derived, key = derived_max_model_len(
+        hf_text_config,
+        sliding_window_cap=sliding_window_cap,
+        tokenizer_model_max_length=tokenizer_model_max_length,
+        encoder_max_seq_length=encoder_max_seq_length,
+    )
     if user_value is None:
         if any(p.get("rope_type") == "longrope" for p in _rope_parameter_sets(hf_text_config)):
             return int(getattr(hf_text_config, "original_max_position_embeddings", None) or derived)
