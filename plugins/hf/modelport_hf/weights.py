@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelport.errors import WeightsCorruptError, WeightsMissingError
+from modelport.config_checks import load_json_file
+from modelport.containment import is_plain_relative
+from modelport.errors import InvalidConfigError, WeightsCorruptError, WeightsMissingError
 from modelport.types import Decision, Source, WeightFiles
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -20,10 +21,13 @@ NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.
 def _shards_from_index(source: Source, index: str) -> tuple[str, ...]:
     path = source.fetch(index)
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
+        weight_map = load_json_file(path)["weight_map"]
         shards = tuple(sorted(set(weight_map.values())))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (InvalidConfigError, KeyError, TypeError, AttributeError) as exc:
         raise WeightsCorruptError(str(path), f"not a valid shard index ({type(exc).__name__}: {exc})") from exc
+    outside = [s for s in shards if not is_plain_relative(s)]
+    if outside:
+        raise WeightsMissingError(str(path), f"names shards outside the model folder: {', '.join(map(repr, outside))}")
     missing = [s for s in shards if not source.exists(s)]
     if missing:
         raise WeightsMissingError(str(path), f"names shards that are absent: {', '.join(missing)}")
@@ -31,7 +35,13 @@ def _shards_from_index(source: Source, index: str) -> tuple[str, ...]:
 
 
 def _top_level(files: list[str], suffixes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(f for f in files if "/" not in f and f.endswith(suffixes) and f not in NOT_WEIGHTS)
+    # consolidated*.safetensors / consolidated.NN.pth are Mistral's layout of the same weights, under Mistral's
+    # names (load_format="mistral" reads them): a repository holding both layouts must not fetch them twice.
+    return tuple(
+        f
+        for f in files
+        if "/" not in f and f.endswith(suffixes) and f not in NOT_WEIGHTS and not f.startswith("consolidated")
+    )
 
 
 def _safetensors(source: Source) -> WeightFiles | None:

@@ -1,0 +1,133 @@
+"""The ``mistral`` tokenizer mode: mistral-common's ``MistralTokenizer`` behind modelport's tokenizer protocol.
+
+The file is chosen as mistral-common chooses it
+(``get_one_valid_tokenizer_file``: ``tekken.json`` first, else a
+SentencePiece ``tokenizer.model.vN``, the last in sorted order when there
+are several) and loaded with ``MistralTokenizer.from_file``. The object
+returned, :class:`MistralCommonTokenizer`, speaks what modelport's executor
+and ``LLM.chat`` call, with vLLM's meaning for each:
+
+* ``encode(text, add_special_tokens=True)``: the raw tokenizer's
+  ``encode(text, bos=add_special_tokens, eos=False)``;
+* ``decode(ids, skip_special_tokens=True)``: ``MistralTokenizer.decode`` with
+  the special-token policy ``IGNORE`` (``KEEP`` when ``False``);
+* ``apply_chat_template(messages, tokenize=True)``: the tokens (or, with
+  ``tokenize=False``, the text) of ``encode_chat_completion`` on a
+  ``ChatCompletionRequest`` of ``messages``. mistral-common's request format
+  decides the prompt, so ``add_generation_prompt`` changes nothing (as in vLLM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modelport.errors import TokenizerError
+from modelport.types import Source
+
+
+def choose_file(source: Source, candidates: Sequence[str]) -> str:
+    """The tokenizer file mistral-common would pick among ``candidates``.
+
+    Raises:
+        TokenizerError: none of them is a file mistral-common reads.
+    """
+    from mistral_common.tokens.tokenizers.utils import get_one_valid_tokenizer_file
+
+    try:
+        return str(get_one_valid_tokenizer_file(list(candidates)))
+    except ValueError as exc:
+        raise TokenizerError(
+            source.location,
+            "no mistral-common tokenizer file (tekken.json or tokenizer.model.vN) "
+            f"among {', '.join(candidates) or 'no files'}",
+        ) from exc
+
+
+class MistralCommonTokenizer:
+    """A ``MistralTokenizer`` with the methods modelport's executor and ``LLM.chat`` use.
+
+    Attributes:
+        mistral: the ``mistral_common`` ``MistralTokenizer`` itself.
+        file: the tokenizer file it was loaded from.
+        chat_template: a description of mistral-common's chat format (not a
+            Jinja template); set, so ``LLM.chat`` knows chat is supported.
+    """
+
+    def __init__(self, mistral: Any, file: str) -> None:
+        self.mistral = mistral
+        self.file = file
+        self._raw = mistral.instruct_tokenizer.tokenizer
+        self.chat_template = f"mistral-common {self._raw.version.value} instruct format"
+
+    @property
+    def bos_token_id(self) -> int:
+        """The beginning-of-sequence token id."""
+        return int(self._raw.bos_id)
+
+    @property
+    def eos_token_id(self) -> int:
+        """The end-of-sequence token id (generation stops there)."""
+        return int(self._raw.eos_id)
+
+    @property
+    def vocab_size(self) -> int:
+        """Every token id the tokenizer knows, special tokens included."""
+        return int(self._raw.n_words)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, with the BOS token first unless ``add_special_tokens`` is ``False``."""
+        return list(self._raw.encode(text, bos=add_special_tokens, eos=False))
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        """``{"input_ids": encode(text)}``, as Hugging Face tokenizers answer."""
+        return {"input_ids": self.encode(text, add_special_tokens)}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; special tokens dropped unless ``skip_special_tokens`` is ``False``."""
+        from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+        policy = SpecialTokenPolicy.IGNORE if skip_special_tokens else SpecialTokenPolicy.KEEP
+        return str(self.mistral.decode([int(i) for i in ids], special_token_policy=policy))
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = True,
+        **kwargs: Any,
+    ) -> list[int] | str:
+        """The prompt of a conversation, encoded by mistral-common (``tokenize=False``: its text).
+
+        Raises:
+            TokenizerError: mistral-common rejected the conversation (an empty
+                one, a bad role or order); the message says why.
+        """
+        from mistral_common.exceptions import MistralCommonException
+        from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+        try:
+            request = ChatCompletionRequest(messages=[dict(m) for m in messages])
+            tokenized = self.mistral.encode_chat_completion(request)
+        except (MistralCommonException, ValueError) as exc:
+            raise TokenizerError(self.file, f"mistral-common cannot encode this conversation: {exc}") from exc
+        return list(tokenized.tokens) if tokenize else str(tokenized.text)
+
+
+def load_tokenizer(source: Source, file: str) -> MistralCommonTokenizer:
+    """``MistralTokenizer.from_file`` on ``file`` of ``source``.
+
+    Raises:
+        TokenizerError: mistral-common cannot read the file.
+    """
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    path = source.fetch(file)
+    try:
+        mistral = MistralTokenizer.from_file(str(path))
+    except Exception as exc:  # mistral-common raises ValueError, AssertionError, KeyError, its own types...
+        raise TokenizerError(str(path), f"mistral-common cannot load it ({type(exc).__name__}: {exc})") from exc
+    return MistralCommonTokenizer(mistral, str(path))
