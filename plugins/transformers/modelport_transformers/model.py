@@ -33,6 +33,11 @@ class TransformersModel:
         self._module = module
         self._device = device
         self._ready = not any(t.is_meta for t in _tensors(module))
+        from modelport_transformers.paged import ATTENTION
+
+        #: Whether the module attends through the paged attention function (one forward per step);
+        #: otherwise each sequence of a step runs alone with its own transformers cache.
+        self.batched = getattr(getattr(module, "config", None), "_attn_implementation", None) == ATTENTION
 
     @property
     def module(self) -> Any:
@@ -48,19 +53,35 @@ class TransformersModel:
         Ties are left undone until the weights are in (as ``from_pretrained``
         does), so that a checkpoint holding both sides of a tie is read as it is.
         """
-        import torch
         import transformers
+
+        return cls._build(getattr(transformers, hf_config.architectures[0]), hf_config, dtype=dtype, device=device)
+
+    @classmethod
+    def _build(cls, model_cls: Any, hf_config: Any, *, dtype: str, device: str) -> TransformersModel:
+        """Build ``model_cls`` on the meta device, with the paged attention function when the class takes one."""
+        import torch
         from transformers import initialization
 
-        model_cls = getattr(transformers, hf_config.architectures[0])
+        from modelport_transformers.paged import ATTENTION, register_attention
+
+        kwargs: dict[str, Any] = {}
+        if _attends_through_interface(model_cls):
+            register_attention()
+            kwargs["attn_implementation"] = ATTENTION
         with torch.device("meta"), initialization.no_tie_weights():
-            module = model_cls._from_config(hf_config, dtype=getattr(torch, dtype))
+            module = model_cls._from_config(hf_config, dtype=getattr(torch, dtype), **kwargs)
         return cls(module.eval(), device=device)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> WeightReport:
         """Put ``(name, tensor)`` pairs into the module's parameters and persistent buffers.
 
-        Names are matched against the module's ``state_dict`` keys. A weight
+        Names are matched against the module's ``state_dict`` keys after
+        transformers' own checkpoint renamings for the model (``embed_out`` to
+        ``lm_head`` in GPT-NeoX, a missing or extra base-model prefix), as
+        ``from_pretrained`` renames them; a weight that only one of
+        transformers' merging conversions (fused experts) would fit stays
+        unexpected. A weight
         whose name is not one of them, or whose shape differs from its
         parameter's, is reported ``unexpected`` (and that parameter stays
         ``missing``). Every parameter or persistent buffer no weight filled is
@@ -81,11 +102,13 @@ class TransformersModel:
         expected = module.state_dict(keep_vars=True)
         loaded: set[str] = set()
         unexpected: list[str] = []
+        rename = _checkpoint_renamer(module, expected)
         with torch.no_grad():
-            for name, tensor in weights:
+            for original, tensor in weights:
+                name = rename(original)
                 target = expected.get(name)
                 if target is None or tuple(target.shape) != tuple(tensor.shape):
-                    unexpected.append(name)
+                    unexpected.append(original)
                     continue
                 expected[name] = slots.replace(target, self._placed(tensor, target))
                 expected[name]._is_hf_initialized = True
@@ -93,34 +116,99 @@ class TransformersModel:
             missing = self._finish(loaded, slots)
         return WeightReport(tuple(sorted(loaded)), tuple(sorted(missing)), tuple(sorted(unexpected)))
 
-    def new_kv_cache(self, num_blocks: int, block_size: int) -> SequenceCaches:
-        """A cache for :meth:`forward` over sequence batches (transformers' own caches, one per sequence).
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> Any:
+        """The cache :meth:`forward` reads and writes over sequence batches.
 
-        transformers manages its cache memory itself, so ``num_blocks`` and
-        ``block_size`` only bound how many sequences can be live at once.
+        A model that attends through the paged attention function gets a
+        :class:`~modelport_transformers.paged.PagedCache` (the executor's paged
+        KV cache, one :class:`~modelport.models.kv_cache.PagedKVCache` per
+        layer, allocated on first use). Any other (a class whose attention does
+        not go through transformers' ``AttentionInterface``) gets
+        :class:`SequenceCaches`, transformers' own caches, one per sequence.
         """
-        return SequenceCaches(num_blocks, block_size)
+        if not self.batched:
+            return SequenceCaches(num_blocks, block_size)
+        from modelport_transformers.paged import PagedCache
 
-    def forward(self, batch: Any, kv_cache: SequenceCaches | None = None) -> Any:
+        parameter = next(self.module.parameters())
+        return PagedCache(num_blocks, block_size, dtype=parameter.dtype, device=parameter.device)
+
+    def forward(self, batch: Any, kv_cache: Any = None) -> Any:
         """Logits for a :class:`~modelport.models.protocol.SequenceBatch`, or for a tensor of token ids.
 
         Given a ``SequenceBatch`` and the cache from :meth:`new_kv_cache`, it
-        keeps the model protocol: each sequence runs through the module with
-        its own transformers cache (found by the first block of its block
-        table; a sequence with ``context_lens == 0`` starts a new one), and the
-        logits are ``[T, vocab]`` with ``all_logits``, else one row per
-        sequence. Given token ids (``[batch, seq]``), it returns the module's
-        logits (``[batch, seq, vocab]``) without any cache.
+        keeps the model protocol: the whole flat batch (prefills and decodes
+        mixed) goes through the module in one forward, as one row of tokens
+        with their positions, and every attention layer writes and reads the
+        paged cache (see :mod:`modelport_transformers.paged`). The logits are
+        ``[T, vocab]`` with ``all_logits``, else one row per sequence (only
+        those rows go through the output projection). A model whose attention
+        cannot be replaced runs each sequence alone with its own transformers
+        cache instead. Given token ids (``[batch, seq]``), it returns the
+        module's logits (``[batch, seq, vocab]``) without any cache.
         """
         import torch
 
         from modelport.models.protocol import SequenceBatch
 
         if not isinstance(batch, SequenceBatch):
-            with torch.no_grad():
-                return self.module(input_ids=batch).logits
+            return self._plain(batch)
         if kv_cache is None:
             raise ModelportError("forward() over a SequenceBatch needs the cache from new_kv_cache()")
+        if isinstance(kv_cache, SequenceCaches):
+            return self._sequence_by_sequence(batch, kv_cache)
+        from modelport_transformers.paged import PagedCache, PagedStep
+
+        if not isinstance(kv_cache, PagedCache):
+            raise ModelportError(f"forward() needs the cache from new_kv_cache(), got {type(kv_cache).__name__}")
+        module = self.module
+        device = kv_cache.device
+        step = PagedStep(batch, kv_cache)
+        kwargs: dict[str, Any] = {}
+        keep = not batch.all_logits and self._keeps_logits
+        if keep:
+            kwargs["logits_to_keep"] = step.last_rows
+        with torch.no_grad(), step.active():
+            logits = module(
+                input_ids=batch.token_ids.to(device)[None],
+                position_ids=batch.positions.to(device)[None],
+                use_cache=False,
+                **kwargs,
+            ).logits[0]
+        if batch.all_logits or keep:
+            return logits
+        return logits.index_select(0, step.last_rows)
+
+    @property
+    def _keeps_logits(self) -> bool:
+        """Whether the module's forward takes ``logits_to_keep`` (projecting only the rows a step returns)."""
+        import inspect
+
+        return "logits_to_keep" in inspect.signature(self.module.forward).parameters
+
+    def _plain(self, input_ids: Any) -> Any:
+        """The module's logits for ``[batch, seq]`` token ids, with no cache (transformers' SDPA attention)."""
+        import torch
+
+        module = self.module
+        config = module.config
+        if not self.batched:
+            with torch.no_grad():
+                return module(input_ids=input_ids).logits
+        # transformers builds its masks (causal, sliding windows) only for the implementations it knows.
+        config._attn_implementation = "sdpa"
+        try:
+            with torch.no_grad():
+                return module(input_ids=input_ids).logits
+        finally:
+            from modelport_transformers.paged import ATTENTION
+
+            config._attn_implementation = ATTENTION
+
+    def _sequence_by_sequence(self, batch: Any, kv_cache: SequenceCaches) -> Any:
+        """Each sequence alone through the module, with its own transformers cache (models without the interface)."""
+        import torch
+
         module = self.module
         device = next(module.parameters()).device
         rows = []
@@ -220,6 +308,38 @@ class SequenceCaches:
                 f"the sequence starting at block {key} has {held} cached token(s), the batch says {context_len}"
             )
         return cache
+
+
+def _checkpoint_renamer(module: Any, expected: dict[str, Any]) -> Any:
+    """``name -> name``: transformers' checkpoint renamings for ``module`` (identity when it has none)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
+    except ImportError:  # an older transformers: checkpoint names are the module's names
+        return lambda name: name
+    try:
+        transforms = get_model_conversion_mapping(module)
+    except Exception:  # not a transformers PreTrainedModel: nothing to rename
+        return lambda name: name
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    prefix = getattr(module, "base_model_prefix", None) or None
+
+    def rename(name: str) -> str:
+        if name in expected:
+            return name
+        renamed, _ = rename_source_key(name, renamings, [], base_model_prefix=prefix, meta_state_dict=expected)
+        return str(renamed)
+
+    return rename
+
+
+def _attends_through_interface(model_cls: Any) -> bool:
+    """Whether ``model_cls`` looks its attention function up in transformers' ``AttentionInterface``."""
+    check = getattr(model_cls, "_can_set_attn_implementation", None)
+    try:
+        return bool(check()) if callable(check) else False
+    except Exception:  # a heuristic over the class's source: any failure means "no"
+        return False
 
 
 def _named_tensors(module: Any) -> Iterator[tuple[str, Any]]:

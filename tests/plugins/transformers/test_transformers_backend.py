@@ -113,7 +113,7 @@ def test_native_only_without_native_implementation_names_the_option(tiny_model, 
 
 
 def test_backend_keeps_the_model_protocol_and_agrees_with_the_native_model(tiny_model, monkeypatch):
-    """One SequenceBatch of prefills, then batched decodes: the backend equals transformers, the native is close."""
+    """One SequenceBatch of prefills, then batched decodes: the backend agrees with transformers and the native."""
     pytest.importorskip("modelport_hf", reason="needs modelport-hf to read the folder")
     from modelport.models.protocol import CausalLM, SequenceBatch
 
@@ -142,6 +142,6 @@ def test_backend_keeps_the_model_protocol_and_agrees_with_the_native_model(tiny_
         for m in caches:
             got[m].append(m.forward(decode, caches[m]))
     expected = [backend.forward(p[None])[0] for p in prompts]
-    assert torch.equal(got[backend][0], torch.cat(expected))
+    assert (got[backend][0] - torch.cat(expected)).abs().max() < 1e-5
     for mine, theirs in zip(got[native], got[backend], strict=True):
         assert mine.shape == theirs.shape and (mine - theirs).abs().max() < 1e-4

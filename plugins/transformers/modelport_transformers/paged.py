@@ -1,0 +1,312 @@
+"""Paged attention for transformers models: one forward over a flat batch of sequences.
+
+transformers looks a model's attention function up by name in its
+``AttentionInterface``. The backend registers :func:`paged_attention` there
+under :data:`ATTENTION` and builds its models with that name, so every
+attention layer of a model calls it with the layer's queries, keys and values
+for the whole flat batch (``[1, heads, T, head_dim]``: the new tokens of all
+sequences, prefills and decodes mixed, in one row). The function writes the
+new keys and values into the executor's paged cache
+(:class:`~modelport.models.kv_cache.PagedKVCache`, one per layer), reads back
+each sequence's keys and values, and attends each sequence's queries to its
+own keys only.
+
+What a step needs to know (which tokens belong to which sequence, their cache
+slots, the masks) is computed once per step, as tensors, by :class:`PagedStep`
+and shared by every layer; the layers then run a fixed number of tensor
+operations whatever the number of sequences: the single-token (decoding)
+sequences are attended together in one call, the longer ones (prefills and
+prefill chunks) together in another, each padded to its longest member and
+masked.
+
+The step travels to the attention function through a context variable that
+:meth:`PagedStep.active` sets around the module's forward; outside it (a plain
+``forward(input_ids)``), the function is transformers' own SDPA attention.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from modelport.errors import ModelportError
+from modelport.models.kv_cache import PagedKVCache
+from modelport.models.protocol import SequenceBatch
+
+#: The name the backend's attention function is registered under in transformers' ``AttentionInterface``.
+ATTENTION = "modelport_paged"
+
+_CURRENT: contextvars.ContextVar[PagedStep | None] = contextvars.ContextVar("modelport_paged_step", default=None)
+
+
+def register_attention() -> None:
+    """Register :func:`paged_attention` in transformers' ``AttentionInterface`` (idempotent).
+
+    No attention-mask function is registered with it, so transformers builds no
+    mask for these models: the masks are the step's own.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, paged_attention)
+
+
+class PagedCache:
+    """The executor's paged KV cache for a transformers model: one :class:`PagedKVCache` per attention layer.
+
+    A layer's cache is allocated the first time the layer writes, with the
+    number of key/value heads and the head size its keys have, so that any
+    architecture's attention shape (multi-query, grouped, per-layer head sizes)
+    fits without reading it from the config.
+
+    Args:
+        num_blocks: blocks in each layer's pool.
+        block_size: tokens per block.
+        dtype: the dtype of the cached keys and values.
+        device: where the cache lives.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, *, dtype: torch.dtype, device: torch.device | str) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ModelportError(f"a KV cache needs at least one block of one token, got {num_blocks}x{block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.layers: dict[int, PagedKVCache] = {}
+        self._layer_of: dict[int, int] = {}
+
+    def layer_index(self, module: Any) -> int:
+        """The cache layer of an attention module: its ``layer_idx``, else its order of first use."""
+        index = getattr(module, "layer_idx", None)
+        if isinstance(index, int):
+            return index
+        return self._layer_of.setdefault(id(module), len(self._layer_of) + 10_000)
+
+    def layer(self, index: int, key: torch.Tensor, value: torch.Tensor) -> PagedKVCache:
+        """The cache of layer ``index``, allocated for ``key``'s shape (``[N, kv_heads, head_dim]``) if new."""
+        cache = self.layers.get(index)
+        if cache is None:
+            if value.shape[1:] != key.shape[1:]:
+                raise ModelportError(
+                    f"layer {index}: keys {tuple(key.shape[1:])} and values {tuple(value.shape[1:])} differ in shape; "
+                    "the paged cache holds keys and values of one shape"
+                )
+            cache = PagedKVCache(
+                1,
+                self.num_blocks,
+                self.block_size,
+                int(key.shape[1]),
+                int(key.shape[2]),
+                dtype=self.dtype,
+                device=self.device,
+            )
+            self.layers[index] = cache
+        return cache
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the allocated layers take, in bytes."""
+        return sum(cache.nbytes for cache in self.layers.values())
+
+
+class _Group:
+    """Sequences attended together in one call: their query rows, key slots and mask, padded."""
+
+    def __init__(
+        self,
+        members: torch.Tensor,
+        starts: torch.Tensor,
+        query_lens: torch.Tensor,
+        context_lens: torch.Tensor,
+        table: torch.Tensor,
+        block_size: int,
+    ) -> None:
+        device = table.device
+        q_lens = query_lens[members]
+        totals = context_lens[members] + q_lens
+        self.size = int(members.numel())
+        self.width = int(q_lens.max())
+        self.length = int(totals.max())
+        offsets = torch.arange(self.width, device=device)
+        valid = offsets[None, :] < q_lens[:, None]  # [S, Q]
+        rows = starts[members][:, None] + offsets[None, :]
+        # Padding query rows read row 0 and sit at index 0, where key 0 is always visible (no empty softmax).
+        self.rows = torch.where(valid, rows, 0).reshape(-1)
+        flat_valid = valid.reshape(-1)
+        self.take = flat_valid.nonzero().squeeze(1)  # rows of the padded result that are real tokens
+        self.dest = self.rows[self.take]  # where those rows go in the flat batch
+        self.query_index = torch.where(valid, context_lens[members][:, None] + offsets[None, :], 0)  # [S, Q]
+        self.key_index = torch.arange(self.length, device=device)
+        blocks = table[members][:, self.key_index // block_size]  # [S, L]
+        self.key_slots = (blocks * block_size + self.key_index % block_size).reshape(-1)
+        self._masks: dict[int | None, torch.Tensor] = {}
+
+    def mask(self, sliding_window: int | None) -> torch.Tensor:
+        """``[S, 1, Q, L]``, true where a query may see a key: causal, within the window if one is given."""
+        mask = self._masks.get(sliding_window)
+        if mask is None:
+            distance = self.query_index[:, :, None] - self.key_index[None, None, :]
+            mask = distance >= 0
+            if sliding_window is not None:
+                mask &= distance < sliding_window
+            mask = mask[:, None]
+            self._masks[sliding_window] = mask
+        return mask
+
+
+class PagedStep:
+    """What every layer of one forward needs to know about a :class:`SequenceBatch`, as tensors.
+
+    Args:
+        batch: the step's sequences.
+        cache: the paged cache the layers read and write.
+    """
+
+    def __init__(self, batch: SequenceBatch, cache: PagedCache) -> None:
+        device = cache.device
+        self.cache = cache
+        bs = cache.block_size
+        query_lens = torch.as_tensor(list(batch.query_lens), dtype=torch.int64)
+        context_lens = torch.as_tensor(list(batch.context_lens), dtype=torch.int64)
+        count = len(batch.query_lens)
+        if count == 0 or len(batch.context_lens) != count or len(batch.block_tables) != count:
+            raise ModelportError(
+                f"a SequenceBatch needs one context length and one block table per sequence, got {count} "
+                f"query lengths, {len(batch.context_lens)} context lengths, {len(batch.block_tables)} block tables"
+            )
+        if int(query_lens.min()) < 1 or int(context_lens.min()) < 0:
+            raise ModelportError("every sequence of a SequenceBatch needs at least one new token")
+        total = int(query_lens.sum())
+        if total != int(batch.token_ids.numel()):
+            raise ModelportError(f"query_lens sum to {total}, but the batch has {batch.token_ids.numel()} tokens")
+        widths = [len(t) for t in batch.block_tables]
+        padded = [list(t) + [0] * (max(widths) - len(t)) for t in batch.block_tables]
+        needed = (context_lens + query_lens + bs - 1) // bs
+        short = (needed > torch.as_tensor(widths)).nonzero()
+        if short.numel():
+            i = int(short[0])
+            raise ModelportError(
+                f"sequence {i}: a block table of {widths[i]} block(s) of {bs} cannot hold "
+                f"{int(context_lens[i] + query_lens[i])} tokens"
+            )
+        table = torch.as_tensor(padded, dtype=torch.int64)
+        if table.numel() and (int(table.min()) < 0 or int(table.max()) >= cache.num_blocks):
+            raise ModelportError(f"block tables name blocks outside the cache's {cache.num_blocks}")
+        table = table.to(device)
+        query_lens, context_lens = query_lens.to(device), context_lens.to(device)
+        ends = torch.cumsum(query_lens, 0)
+        starts = ends - query_lens
+        sequence = torch.repeat_interleave(torch.arange(count, device=device), query_lens)
+        index = context_lens[sequence] + torch.arange(total, device=device) - starts[sequence]
+        #: The cache slot of every new token.
+        self.slots = table[sequence, index // bs] * bs + index % bs
+        #: The flat rows whose logits a step returns: the last token of each sequence.
+        self.last_rows = ends - 1
+        decoding = query_lens == 1
+        self.groups = [
+            _Group(members, starts, query_lens, context_lens, table, bs)
+            for members in (decoding.nonzero().squeeze(1), (~decoding).nonzero().squeeze(1))
+            if members.numel()
+        ]
+        self.num_tokens = total
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[PagedStep]:
+        """Make this the step :func:`paged_attention` serves while the block runs."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+
+def paged_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention over the paged cache, with the signature of transformers' attention functions.
+
+    ``query`` is ``[1, heads, T, head_dim]``, ``key`` and ``value``
+    ``[1, kv_heads, T, head_dim]`` for the flat batch of the active step. Returns
+    ``([1, T, heads, head_dim], None)``. ``scaling``, ``softcap`` (Gemma 2) and
+    ``sliding_window`` are honoured as transformers' own functions honour them.
+    Outside a step, it is transformers' SDPA attention (or eager attention for a
+    ``softcap``).
+    """
+    step = _CURRENT.get()
+    if step is None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        name = "eager" if softcap is not None else "sdpa"
+        fallback = ALL_ATTENTION_FUNCTIONS.get(name) if name != "eager" else _eager_of(module)
+        extra = {"softcap": softcap} if softcap is not None else {}
+        if sliding_window is not None:
+            extra["sliding_window"] = sliding_window
+        return fallback(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **extra, **kwargs)
+    if query.shape[0] != 1 or query.shape[2] != step.num_tokens:
+        raise ModelportError(
+            f"paged attention expects the step's {step.num_tokens} tokens in one row, got {tuple(query.shape)}"
+        )
+    cache = step.cache
+    layer = cache.layer_index(module)
+    q = query[0].transpose(0, 1)  # [T, H, D]
+    k = key[0].transpose(0, 1)
+    v = value[0].transpose(0, 1)
+    layer_cache = cache.layer(layer, k, v)
+    layer_cache.write(0, step.slots, k, v)
+    heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    scale = scaling if scaling is not None else head_dim**-0.5
+    out = q.new_empty(q.shape[0], heads, v.shape[2])
+    for group in step.groups:  # at most two: the decoding sequences, then the others
+        keys, values = layer_cache.read(0, group.key_slots)
+        keys = keys.view(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+        values = values.view(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
+        queries = q.index_select(0, group.rows).view(group.size, group.width, heads, head_dim).transpose(1, 2)
+        mask = group.mask(int(sliding_window) if sliding_window else None)
+        if softcap is None:
+            result = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
+            )
+        else:
+            result = _softcapped(queries, keys, values, mask, scale, float(softcap))
+        result = result.transpose(1, 2).reshape(group.size * group.width, heads, -1)
+        out.index_copy_(0, group.dest, result.index_select(0, group.take))
+    return out[None], None
+
+
+def _softcapped(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float, softcap: float
+) -> torch.Tensor:
+    """Attention with the scores capped by ``softcap * tanh(score / softcap)`` (Gemma 2), softmax in float32."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value)
+
+
+def _eager_of(module: Any) -> Any:
+    """The model's own eager attention function (the one transformers uses for ``"eager"``)."""
+    import sys
+
+    found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if found is None:
+        raise ModelportError(f"{type(module).__name__}: no eager attention function for a soft-capped forward")
+    return found
