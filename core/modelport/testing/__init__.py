@@ -14,6 +14,9 @@ the builders directly:
 * :class:`HubServer` is a local Hugging Face Hub on 127.0.0.1 that the real
   ``huggingface_hub`` client downloads from (branches, tags, gated and private
   repositories, injected 5xx errors and cut transfers, a log of every request).
+* :class:`ModelScopeServer` is a local ModelScope on 127.0.0.1 that the real
+  ``modelscope`` client lists and downloads from (branches, tags, private
+  repositories, injected errors and stalled transfers, a log of every request).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from modelport.testing.distributions import PluginDistribution, make_plugin_dist
 from modelport.testing.hosts import isolated_host, registered_plugin
 from modelport.testing.hub_server import HubServer
 from modelport.testing.models import TINY_ARCHITECTURES, make_tiny_model, make_tokenizer
+from modelport.testing.modelscope_server import ModelScopeServer
 from modelport.testing.plugin_checks import describe_installed, modules_imported_by_loading
 
 __all__ = [
     "TINY_ARCHITECTURES",
     "HubServer",
+    "ModelScopeServer",
     "PluginDistribution",
     "describe_installed",
     "isolated_host",

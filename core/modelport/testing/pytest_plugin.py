@@ -10,7 +10,9 @@ Fixtures: ``modelport_host`` (the isolated host), ``tiny_model`` (a factory
 around :func:`~modelport.testing.make_tiny_model` writing under ``tmp_path``),
 ``plugin_distribution`` (a factory for throwaway installed distributions,
 removed after the test), ``hub_server`` (a local Hugging Face Hub, with the
-environment pointing the Hugging Face client and cache at it).
+environment pointing the Hugging Face client and cache at it), ``modelscope_server``
+(a local ModelScope, with the environment pointing the modelscope client and
+cache at it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from modelport import plugins as _plugins
 from modelport.testing.distributions import PluginDistribution, make_plugin_distribution
 from modelport.testing.hub_server import HubServer
 from modelport.testing.models import make_tiny_model
+from modelport.testing.modelscope_server import ModelScopeServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,3 +124,49 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubS
         for name in _HUB_ENV_CLEARED:
             monkeypatch.delenv(name, raising=False)
         yield server
+
+
+#: Environment variables the ``modelscope_server`` fixture clears, so no user setting leaks into a test.
+_MODELSCOPE_ENV_CLEARED = (
+    "MODELSCOPE_API_TOKEN",
+    "MODELSCOPE_DOMAIN",
+    "MODELPORT_USE_MODELSCOPE",
+    "VLLM_USE_MODELSCOPE",
+    "HF_HUB_OFFLINE",
+    "MODELSCOPE_DOWNLOAD_INTER_CLOUD_REGIONS",
+)
+
+
+def _forget_modelscope_config() -> None:
+    # The modelscope client builds one process-wide configuration from the environment, on first use; forgetting
+    # it makes the next use read this test's environment.
+    import sys
+
+    config = sys.modules.get("modelscope_hub.config")
+    reset = getattr(config, "set_default_config", None)
+    if callable(reset):
+        reset(None)
+
+
+@pytest.fixture
+def modelscope_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModelScopeServer]:
+    """A running local ModelScope (:class:`~modelport.testing.modelscope_server.ModelScopeServer`), stopped after.
+
+    For the test's duration ``MODELSCOPE_ENDPOINT`` points at it, ``MODELSCOPE_CACHE``
+    and ``MODELSCOPE_HOME`` at fresh folders under ``tmp_path`` (``modelscope_cache``
+    and ``modelscope_home``), the client's intra-cloud region probe is off
+    (``MODELSCOPE_DOWNLOAD_INTRA_CLOUD=false``), and ``MODELSCOPE_API_TOKEN``,
+    ``MODELPORT_USE_MODELSCOPE``, ``VLLM_USE_MODELSCOPE`` and ``HF_HUB_OFFLINE`` are
+    unset. The client's process-wide configuration is forgotten before and after, so
+    it reads this environment.
+    """
+    with ModelScopeServer() as server:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", server.url)
+        monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "modelscope_cache"))
+        monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "modelscope_home"))
+        monkeypatch.setenv("MODELSCOPE_DOWNLOAD_INTRA_CLOUD", "false")
+        for name in _MODELSCOPE_ENV_CLEARED:
+            monkeypatch.delenv(name, raising=False)
+        _forget_modelscope_config()
+        yield server
+    _forget_modelscope_config()

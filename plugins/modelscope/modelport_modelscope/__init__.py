@@ -1,3 +1,3 @@
-"""modelport-modelscope: ModelScope repositories as a source for modelport (a skeleton for now)."""
+"""modelport-modelscope: ModelScope repositories as a source for modelport, through the real modelscope client."""
 
 __version__ = "0.1.0"
