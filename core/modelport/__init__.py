@@ -11,9 +11,17 @@ even pluggy); the names below are loaded on first use.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: The folder of the model that ships inside the package (a small Llama trained on Shakespeare).
+#: Any reference argument takes it, and so does the reference ``"default"`` (see ``DEFAULT_REFERENCE``).
+DEFAULT_MODEL: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "default-model")
+
+#: The reference that names the shipped model from any folder (``modelport generate default "ROMEO:"``).
+DEFAULT_REFERENCE = "default"
 
 _LAZY = {
     "resolve": "modelport.pipeline",
@@ -47,6 +55,8 @@ __all__ = [
     "ArchitectureChoice",
     "CompletionOutput",
     "ConfigPatch",
+    "DEFAULT_MODEL",
+    "DEFAULT_REFERENCE",
     "Decision",
     "LLM",
     "LoadOptions",

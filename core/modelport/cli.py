@@ -1,10 +1,12 @@
 """The ``modelport`` command.
 
 ``modelport inspect REF [--json] [options]`` prints the resolved model and its
-trace; ``modelport generate REF PROMPT`` streams a completion; ``modelport chat
-REF`` is an interactive session; ``modelport plugins [--json]`` lists every
-plugin. Errors print one or two lines, no traceback, and exit with status 1
-(2 for usage errors).
+trace, as a diagnostic (a tokenizer or weights that cannot be found are shown as
+"none found"); ``modelport generate REF PROMPT`` streams a completion;
+``modelport chat REF`` is an interactive session; ``modelport plugins [--json]
+[--hooks]`` lists every plugin. Errors print one or two lines in the command
+line's spelling (``--skip-tokenizer-init``, not ``skip_tokenizer_init=True``), no
+traceback, and exit with status 1 (2 for usage errors).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +105,36 @@ def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+#: Sampling parameters and other names that are flags too: their errors are spelt as flags on the command line.
+_SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "prompt_ids")
+
+
+def cli_spelling(message: str) -> str:
+    """``message`` with Python spellings of options turned into the command line's flags.
+
+    ``skip_tokenizer_init=True`` becomes ``--skip-tokenizer-init``,
+    ``load_format='dummy'`` becomes ``--load-format dummy`` and
+    ``option 'model_impl'`` becomes ``option --model-impl``: an error printed by
+    the command names what to type. Python callers see the original message.
+    """
+    from modelport.options import LoadOptions
+
+    for name in (*LoadOptions.names(), *_SAMPLING_FLAGS):
+        flag = "--" + name.replace("_", "-")
+
+        def quoted(match: re.Match[str], flag: str = flag) -> str:
+            return f"{flag} {match.group(2)}"
+
+        def number(match: re.Match[str], flag: str = flag) -> str:
+            return f"{flag} {match.group(1)}"
+
+        message = re.sub(rf"(?<![\w.]){name}=True\b", flag, message)
+        message = re.sub(rf"(?<![\w.]){name}=(['\"])(.*?)\1", quoted, message)
+        message = re.sub(rf"(?<![\w.]){name}=(-?\d+)\b", number, message)
+        message = re.sub(rf"\boption '{name}'", f"option {flag}", message)
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -114,11 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="resolve a model and print what was decided, and why")
     inspect.add_argument("reference", metavar="REF", help="local path, repository id, ...")
     inspect.add_argument("--json", action="store_true", help="print the stable JSON form")
+    inspect.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail, as resolve() does, when no tokenizer or no weights are found (default: show 'none found')",
+    )
     _add_load_options(inspect)
 
     generate = sub.add_parser("generate", help="generate text for a prompt, streamed to the terminal")
     generate.add_argument("reference", metavar="REF", help="local path, repository id, ...")
-    generate.add_argument("prompt", metavar="PROMPT", help="the prompt text")
+    generate.add_argument("prompt", metavar="PROMPT", help="the prompt text (token ids with --prompt-ids)")
+    generate.add_argument(
+        "--prompt-ids",
+        action="store_true",
+        help="PROMPT is token ids ('1,2,3' or '1 2 3'), not text; works with --skip-tokenizer-init, "
+        "which prints the generated token ids instead of text",
+    )
     _add_sampling_options(generate)
     _add_load_options(generate)
 
@@ -130,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list installed plugins, built-ins included")
     plugins.add_argument("--json", action="store_true", help="print the stable JSON form")
+    plugins.add_argument(
+        "--hooks",
+        action="store_true",
+        help="per hook, the implementations in the order they are asked (tryfirst, plain, trylast)",
+    )
     return parser
 
 
@@ -142,7 +191,7 @@ def _version() -> str:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from modelport.pipeline import resolve
 
-    resolved = resolve(args.reference, **_options_from_args(args))
+    resolved = resolve(args.reference, strict=args.strict, **_options_from_args(args))
     if args.json:
         print(json.dumps({"version": JSON_VERSION, **resolved.to_dict()}, indent=2, default=str))
         return 0
@@ -156,28 +205,65 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         ("dtype", resolved.dtype),
         ("max model len", str(resolved.max_model_len)),
         ("shape", _shape(resolved.facts)),
-        (
-            "tokenizer",
-            "skipped"
-            if resolved.tokenizer is None
-            else f"{resolved.tokenizer.mode}: {', '.join(resolved.tokenizer.files)}",
-        ),
-        ("weights", f"{resolved.weight_files.load_format}: {', '.join(resolved.weight_files.files) or '(none)'}"),
+        ("tokenizer", _tokenizer_row(resolved)),
+        ("weights", _weights_row(resolved)),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     print("\ntrace:")
-    print(resolved.trace.format())
+    print(cli_spelling(resolved.trace.format()))
     return 0
+
+
+def _tokenizer_row(resolved: Any) -> str:
+    if "tokenizer" in resolved.unresolved:
+        return "none found (--skip-tokenizer-init goes without one)"
+    if resolved.tokenizer is None:
+        return "skipped"
+    return f"{resolved.tokenizer.mode}: {', '.join(resolved.tokenizer.files) or resolved.tokenizer.source.location}"
+
+
+def _weights_row(resolved: Any) -> str:
+    if "weights" in resolved.unresolved:
+        return "none found (--load-format dummy builds random weights)"
+    weights = resolved.weight_files
+    return f"{weights.load_format}: {', '.join(weights.files) or '(none)'}"
+
+
+def _prompt_ids(text: str) -> list[int]:
+    from modelport.errors import InvalidOptionError
+
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise InvalidOptionError("prompt_ids", text, detail="expected token ids such as '1,2,3' or '1 2 3'")
+    return [int(p) for p in parts]
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from modelport.llm import LLM
 
     params = _sampling_from_args(args)
+    prompt: str | list[int] = _prompt_ids(args.prompt) if args.prompt_ids else args.prompt
     llm = LLM(args.reference, **_options_from_args(args))
-    for piece in llm.stream(args.prompt, params):
+    if llm.get_tokenizer() is None:
+        if isinstance(prompt, str):
+            from modelport.errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                "prompt",
+                prompt,
+                detail="without a tokenizer (skip_tokenizer_init=True) the prompt is token ids: add --prompt-ids",
+            )
+        # No tokenizer, no text: print the generated ids, space-separated.
+        (output,) = llm.generate([{"prompt_token_ids": prompt}], params)
+        if output.error:
+            from modelport.errors import ExecutorError
+
+            raise ExecutorError(output.error)
+        sys.stdout.write(" ".join(str(t) for t in output.outputs[0].token_ids) + "\n")
+        return 0
+    for piece in llm.stream(prompt, params):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
@@ -234,6 +320,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     from modelport.plugins import get_host
 
     host = get_host()
+    if args.hooks:
+        return _print_hooks(host, as_json=args.json)
     described = host.describe()
     failures = [dataclasses.asdict(f) for f in host.failures]
     if args.json:
@@ -248,6 +336,41 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"{failure['name']}  (FAILED: {failure['error']})")
     return 0
+
+
+def _print_hooks(host: Any, *, as_json: bool) -> int:
+    """Every hook with its implementations in the order the host asks them (like pytest's --trace-config)."""
+    order = []
+    for hook in sorted(h for h in vars(host.pm.hook) if h.startswith("modelport_")):
+        # pluggy keeps implementations in the reverse of the order it calls them (as PluginHost asks them).
+        impls = [i for i in reversed(getattr(host.pm.hook, hook).get_hookimpls()) if not (i.hookwrapper or i.wrapper)]
+        order.append(
+            (hook, [{"plugin": i.plugin_name, "tryfirst": bool(i.tryfirst), "trylast": bool(i.trylast)} for i in impls])
+        )
+    if as_json:
+        listing = {
+            "version": JSON_VERSION,
+            "hooks": [{"hook": hook, "shape": _shape_of(host, hook), "order": impls} for hook, impls in order],
+        }
+        print(json.dumps(listing, indent=2))
+        return 0
+    for hook, impls in order:
+        shape = _shape_of(host, hook)
+        how = "asked in this order, the first answer wins" if shape == "choose one" else "every one is called"
+        print(f"{hook.removeprefix('modelport_')}  ({shape}: {how})")
+        if not impls:
+            print("  (no implementation)")
+        for position, impl in enumerate(impls, 1):
+            marks = [m for m in ("tryfirst", "trylast") if impl[m]]
+            print(f"  {position}. {impl['plugin']}" + (f"  [{', '.join(marks)}]" if marks else ""))
+    return 0
+
+
+def _shape_of(host: Any, hook: str) -> str:
+    spec = getattr(host.pm.hook, hook).spec
+    if spec is not None and spec.opts.get("firstresult"):
+        return "choose one"
+    return "register many"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,13 +391,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_chat(args)
         return _cmd_plugins(args)
     except ModelportError as exc:
-        print(f"modelport: error: {exc}", file=sys.stderr)
+        print(f"modelport: error: {cli_spelling(str(exc))}", file=sys.stderr)
+        note = _not_here_note(args, exc)
+        if note:
+            print(f"modelport: note: {note}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`modelport plugins --json | head`): stop quietly, as Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+
+
+def _not_here_note(args: argparse.Namespace, exc: Exception) -> str:
+    """A bare name that failed as a repository id may have been meant as a local folder: say it is not one."""
+    from pathlib import Path
+
+    from modelport.errors import AccessDeniedError, DownloadError, OfflineMissError, ReferenceNotFoundError
+
+    reference = getattr(args, "reference", None)
+    if not reference or "no such file or folder" in str(exc):
+        return ""
+    if not isinstance(exc, (ReferenceNotFoundError, DownloadError, OfflineMissError, AccessDeniedError)):
+        return ""
+    path = Path(reference).expanduser()
+    if path.exists():
+        return ""
+    return f"it was tried as a repository id; there is no such file or folder here either: {path.resolve()}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport.config_checks import check_config_values, check_model_fits
 from modelport.errors import (
     InvalidConfigError,
     InvalidOptionError,
@@ -38,6 +39,7 @@ from modelport.plugins import Answer, PluginHost, get_host
 from modelport.registry import Registry
 from modelport.trace import Trace
 from modelport.types import ArchitectureChoice, PatchContext, Source, TokenizerSpec, WeightFiles
+from modelport.weight_checks import check_nothing_uninitialised, weights_being_read
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,12 @@ class ResolvedModel:
         max_model_len: the context length (the user's cap, else the model's).
         facts: shape and kind of the model (head_dim, num_kv_heads, MoE, multimodal...).
         tokenizer: what tokenizer will be loaded (``None`` with ``skip_tokenizer_init``).
-        weight_files: which weight files will be read.
+        weight_files: which weight files will be read (load format ``none`` and no
+            files when ``resolve(..., strict=False)`` found none).
         trace: every decision, who made it, why and how long it took.
+        unresolved: only from ``resolve(..., strict=False)``: the steps that found
+            nothing (``tokenizer``, ``weights``), each with the error a strict
+            resolve would have raised; empty otherwise.
     """
 
     reference: str
@@ -77,6 +83,7 @@ class ResolvedModel:
     tokenizer: TokenizerSpec | None
     weight_files: WeightFiles
     trace: Trace = field(compare=False)
+    unresolved: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON shape printed by ``modelport inspect --json`` (see docs/cli.md)."""
@@ -100,6 +107,7 @@ class ResolvedModel:
             "weight_files": self.weight_files.describe(),
             "options": self.options.to_public_dict(),
             "trace": self.trace.to_list(),
+            "unresolved": dict(self.unresolved),
         }
 
 
@@ -198,12 +206,16 @@ class _Run:
         return source
 
 
-def resolve(reference: str, *, host: PluginHost | None = None, **options: Any) -> ResolvedModel:
+def resolve(reference: str, *, host: PluginHost | None = None, strict: bool = True, **options: Any) -> ResolvedModel:
     """Decide everything about ``reference`` up to the tokenizer and weight files; read no tensor.
 
     Args:
         reference: a local path, a repository id or anything an installed plugin recognises.
         host: the plugin host to use (default: the process-wide one from the environment).
+        strict: ``False`` makes it a diagnostic (what ``modelport inspect`` shows): a
+            tokenizer or weights that cannot be found are recorded in ``unresolved`` and
+            in the trace as "none found" instead of raising, so one run shows every
+            step. Every other error still raises.
         **options: any :class:`~modelport.LoadOptions` field; an unknown name is an error.
 
     Raises:
@@ -211,10 +223,10 @@ def resolve(reference: str, *, host: PluginHost | None = None, **options: Any) -
     """
     opts = LoadOptions.from_kwargs(**options)
     run = _Run(host or get_host(), opts)
-    return _resolve(run, reference)
+    return _resolve(run, reference, strict=strict)
 
 
-def _resolve(run: _Run, reference: str) -> ResolvedModel:
+def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel:
     opts, trace, registry = run.options, run.trace, run.registry
     run.check_registered("config_format", "config_format")
     run.check_registered("tokenizer_mode", "tokenizer_mode")
@@ -286,6 +298,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
     try:
         max_len = resolve_max_model_len(opts.max_model_len, hf_text)
         facts = model_facts(hf_config, hf_text)
+        check_config_values(hf_text)  # NaN, zero, negative sizes (modelport.config_checks)
     except InvalidConfigError as exc:
         # The facts read attributes, not files: name the file the config came from.
         raise InvalidConfigError(config_source.location, exc.detail, field=exc.field, value=exc.value) from exc
@@ -322,6 +335,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
             architecture.name, architecture.impl, architecture.target, answer.plugin or "", answer.reason
         )
 
+    unresolved: dict[str, str] = {}
     tokenizer: TokenizerSpec | None = None
     if opts.skip_tokenizer_init:
         trace.record("tokenizer", "modelport", "skipped", "skip_tokenizer_init=True", 0.0)
@@ -337,39 +351,53 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
             tok_source = run.classify("tokenizer_source", reference, tok_options)
         else:
             tok_source = source
+        try:
+            answer = run.ask(
+                "tokenizer",
+                "modelport_resolve_tokenizer",
+                lambda t: f"{t.mode}: {', '.join(t.files) or t.source.location}",
+                source=tok_source,
+                hf_config=hf_config,
+                config_format=config_format,
+                options=opts,
+            )
+            if answer.value is None:
+                raise TokenizerError(
+                    tok_source.location,
+                    f"no installed plugin found a tokenizer for tokenizer_mode={opts.tokenizer_mode!r} "
+                    f"(modes: {', '.join(registry.names('tokenizer_mode')) or 'none'}); "
+                    "pass skip_tokenizer_init=True to go without one",
+                )
+            tokenizer = answer.value
+        except TokenizerError as exc:
+            if strict:
+                raise
+            unresolved["tokenizer"] = str(exc)
+            trace.record("tokenizer", "modelport", "none found", str(exc), 0.0)
+
+    try:
         answer = run.ask(
-            "tokenizer",
-            "modelport_resolve_tokenizer",
-            lambda t: f"{t.mode}: {', '.join(t.files) or t.source.location}",
-            source=tok_source,
+            "weights",
+            "modelport_select_weight_files",
+            lambda w: f"{w.load_format}: {len(w.files)} file(s)" + (f" via {w.index_file}" if w.index_file else ""),
+            source=source,
+            config_format=config_format,
             hf_config=hf_config,
             options=opts,
         )
         if answer.value is None:
-            raise TokenizerError(
-                tok_source.location,
-                f"no installed plugin found a tokenizer for tokenizer_mode={opts.tokenizer_mode!r} "
-                f"(modes: {', '.join(registry.names('tokenizer_mode')) or 'none'}); "
-                "pass skip_tokenizer_init=True to go without one",
+            raise WeightsMissingError(
+                source.location,
+                f"no weight files found for load_format={opts.load_format!r}; "
+                f"registered load formats: {', '.join(registry.names('load_format')) or 'none'}",
             )
-        tokenizer = answer.value
-
-    answer = run.ask(
-        "weights",
-        "modelport_select_weight_files",
-        lambda w: f"{w.load_format}: {len(w.files)} file(s)" + (f" via {w.index_file}" if w.index_file else ""),
-        source=source,
-        config_format=config_format,
-        hf_config=hf_config,
-        options=opts,
-    )
-    if answer.value is None:
-        raise WeightsMissingError(
-            source.location,
-            f"no weight files found for load_format={opts.load_format!r}; "
-            f"registered load formats: {', '.join(registry.names('load_format')) or 'none'}",
-        )
-    weight_files: WeightFiles = answer.value
+        weight_files: WeightFiles = answer.value
+    except WeightsMissingError as exc:
+        if strict:
+            raise
+        unresolved["weights"] = str(exc)
+        trace.record("weights", "modelport", "none found", str(exc), 0.0)
+        weight_files = WeightFiles("none", source, reason=str(exc))
 
     return ResolvedModel(
         reference=reference,
@@ -387,6 +415,7 @@ def _resolve(run: _Run, reference: str) -> ResolvedModel:
         tokenizer=tokenizer,
         weight_files=weight_files,
         trace=trace,
+        unresolved=unresolved,
     )
 
 
@@ -404,6 +433,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
     resolved = _resolve(run, reference)
     trace = run.trace
     _fetch_files(resolved, trace)
+    check_model_fits(resolved)  # before building: a config far larger than its weights fails now
 
     with trace.timed("model", resolved.architecture.plugin, resolved.architecture.target, "") as info:
         cls = run.registry.load(resolved.architecture.target)
@@ -424,7 +454,8 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             f"no installed plugin reads load_format={resolved.weight_files.load_format!r}",
         )
     with trace.timed("load_weights", resolved.architecture.plugin, "", "") as info:
-        report = model.load_weights(_checked(answer.value))
+        with weights_being_read(resolved.weight_files):  # a tensor that does not fit names its file
+            report = model.load_weights(_checked(answer.value))
         if not isinstance(report, WeightReport):
             report = WeightReport()
         if not resolved.weight_files.files:
@@ -434,6 +465,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             f"{len(report.loaded)} loaded, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
             + (f", {len(report.initialised)} randomly initialised" if report.initialised else "")
         )
+        check_nothing_uninitialised(report, resolved.weight_files)  # not loaded, not tied: WeightsMissingError
 
     tokenizer = None
     if resolved.tokenizer is not None:

@@ -3,10 +3,211 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
-from modelport.cli import JSON_VERSION, main
+import pytest
+
+import modelport
+from modelport import hookimpl
+from modelport.cli import JSON_VERSION, cli_spelling, main
+from modelport.errors import TokenizerError
+from modelport.testing import registered_plugin
+from modelport.types import LocalSource
+
+
+def _has_hf() -> bool:
+    try:
+        import modelport_hf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_hf = pytest.mark.skipif(not _has_hf(), reason="needs modelport-hf (the default model's config.json)")
+
+
+def _modelport(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed command as a user runs it: a fresh process, every installed plugin, another folder."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "modelport", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**environ, **(env or {})},
+    )
+
+
+class NoWeights:
+    """A load format whose files are never there: its selection passes, so the pipeline finds none."""
+
+    @hookimpl
+    def modelport_register_load_formats(self, register):
+        register("absent", "never found")
+
+    @hookimpl
+    def modelport_select_weight_files(self, source, options):
+        return None
+
+
+def test_inspect_is_a_diagnostic_marking_a_missing_tokenizer_and_weights_none_found(toy, toy_model, capsys):
+    folder = toy_model()
+    (folder / "toy-tokenizer.txt").unlink()
+    with registered_plugin(NoWeights(), "no-weights", host=toy):
+        assert main(["inspect", str(folder), "--load-format", "absent"]) == 0
+        out = capsys.readouterr().out
+        assert "tokenizer      none found (--skip-tokenizer-init goes without one)" in out
+        assert "weights        none found (--load-format dummy builds random weights)" in out
+        # Every step it could resolve is still there, and the trace says why the two found nothing.
+        assert "architecture   LlamaForCausalLM (native, modelport.models.llama:LlamaForCausalLM" in out
+        assert "shape          1 layers, hidden 32, 4 heads (2 kv, head_dim 8), vocab 100" in out
+        trace = out.split("trace:")[1]
+        assert "none found" in trace and "pass --skip-tokenizer-init to go without one" in trace
+        assert "no weight files found for --load-format absent" in trace
+
+        assert main(["inspect", str(folder), "--load-format", "absent", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert set(data["unresolved"]) == {"tokenizer", "weights"}
+        assert data["tokenizer"] is None and data["weight_files"]["load_format"] == "none"
+
+        # --strict fails as resolve() does, at the first missing piece, in flag spelling.
+        assert main(["inspect", str(folder), "--load-format", "absent", "--strict"]) == 1
+        err = capsys.readouterr().err
+        assert "pass --skip-tokenizer-init to go without one" in err and "skip_tokenizer_init" not in err
+
+        # resolve() keeps its strictness and its Python spelling.
+        with pytest.raises(TokenizerError, match="pass skip_tokenizer_init=True"):
+            modelport.resolve(str(folder), host=toy)
+        diagnosis = modelport.resolve(str(folder), host=toy, strict=False, load_format="absent")
+        assert set(diagnosis.unresolved) == {"tokenizer", "weights"}
+        assert diagnosis.tokenizer is None and diagnosis.weight_files.files == ()
+
+
+def test_cli_spelling_turns_python_options_into_flags():
+    assert (
+        cli_spelling("pass skip_tokenizer_init=True to go without one")
+        == "pass --skip-tokenizer-init to go without one"
+    )
+    assert cli_spelling("use load_format='dummy' for random weights") == "use --load-format dummy for random weights"
+    assert cli_spelling('try model_impl="transformers"') == "try --model-impl transformers"
+    assert cli_spelling("invalid value 0 for option 'max_tokens'") == "invalid value 0 for option --max-tokens"
+    assert cli_spelling("capped by max_model_len=64") == "capped by --max-model-len 64"
+    # Attribute access and longer names are left alone.
+    assert cli_spelling("options.load_format='x'") == "options.load_format='x'"
+    assert cli_spelling("my_tokenizer_mode='x'") == "my_tokenizer_mode='x'"
+
+
+class First:
+    @hookimpl(tryfirst=True)
+    def modelport_classify_reference(self, reference):
+        return None
+
+
+class Last:
+    @hookimpl(trylast=True)
+    def modelport_classify_reference(self, reference):
+        return None
+
+
+def test_plugins_hooks_lists_each_hooks_implementations_in_the_order_they_are_asked(modelport_host, capsys):
+    with registered_plugin(Last(), "last-resort", host=modelport_host):
+        with registered_plugin(First(), "first-say", host=modelport_host):
+            assert main(["plugins", "--hooks"]) == 0
+            out = capsys.readouterr().out
+            block = out.split("classify_reference  (choose one: asked in this order, the first answer wins)\n")[1]
+            assert block.splitlines()[:3] == [
+                "  1. first-say  [tryfirst]",
+                "  2. modelport.builtin.local  [tryfirst]",
+                "  3. last-resort  [trylast]",
+            ]
+            assert "register_executors  (register many: every one is called)\n  1. modelport.builtin.cpu" in out
+            assert (
+                "parse_config  (choose one: asked in this order, the first answer wins)\n  (no implementation)" in out
+            )
+
+            assert main(["plugins", "--hooks", "--json"]) == 0
+            data = json.loads(capsys.readouterr().out)
+            hooks = {h["hook"]: h for h in data["hooks"]}
+            assert data["version"] == JSON_VERSION
+            assert hooks["modelport_classify_reference"]["shape"] == "choose one"
+            assert hooks["modelport_register_executors"]["shape"] == "register many"
+            assert [i["plugin"] for i in hooks["modelport_classify_reference"]["order"]] == [
+                "first-say",
+                "modelport.builtin.local",
+                "last-resort",
+            ]
+            assert hooks["modelport_classify_reference"]["order"][2] == {
+                "plugin": "last-resort",
+                "tryfirst": False,
+                "trylast": True,
+            }
+
+
+def test_the_default_reference_names_the_shipped_model_unless_a_folder_of_that_name_exists(
+    modelport_host, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    answer = modelport_host.call_first(
+        "modelport_classify_reference", reference="default", options=modelport.LoadOptions()
+    )
+    assert isinstance(answer.value, LocalSource)
+    assert (
+        answer.value.location
+        == modelport.DEFAULT_MODEL
+        == str(Path(modelport.__file__).parent / "data" / "default-model")
+    )
+    assert answer.reason == "the model shipped with modelport"
+    assert "config.json" in answer.value.list_files()
+    (tmp_path / "default").mkdir()
+    answer = modelport_host.call_first(
+        "modelport_classify_reference", reference="default", options=modelport.LoadOptions()
+    )
+    assert answer.value.location == str(tmp_path / "default") and answer.reason == "an existing local folder"
+
+
+@pytest.mark.parametrize("reference", ["models/llama/7b", "weights.safetensors", "sub/model.gguf"])
+def test_a_relative_path_that_does_not_exist_says_no_such_file_or_folder(reference, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", reference]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"modelport: error: model reference {reference!r} was not found: no such file or folder: {tmp_path / reference}"
+    )
+
+
+def test_generate_prompt_ids_without_a_tokenizer_prints_token_ids(toy, toy_model, capsys):
+    folder = toy_model()
+    args = ["generate", str(folder), "--skip-tokenizer-init", "--load-format", "dummy", "--max-tokens", "5"]
+    assert main([*args, "--prompt-ids", "1, 2 3", "--temperature", "0"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 5 and all(0 <= int(t) < 100 for t in ids)
+
+    assert main([*args, "some text"]) == 1
+    err = capsys.readouterr().err
+    assert "the prompt is token ids: add --prompt-ids" in err and "--skip-tokenizer-init" in err
+    assert main([*args, "--prompt-ids", "1 two"]) == 1
+    assert "invalid value '1 two' for option --prompt-ids" in capsys.readouterr().err
+
+
+@needs_hf
+def test_the_default_model_runs_from_any_folder(tmp_path):
+    proc = _modelport("generate", "default", "ROMEO:\n", "--max-tokens", "8", "--temperature", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+@needs_hf
+def test_a_bare_name_that_fails_as_a_repository_id_says_it_is_no_local_folder_either(tmp_path):
+    proc = _modelport("inspect", "nowhere", "--offline", cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "modelport: note: it was tried as a repository id; there is no such file or folder here either: "
+        f"{tmp_path / 'nowhere'}"
+    )
 
 
 def test_inspect_prints_the_resolved_model_and_its_trace(toy_native, toy_model, capsys):
@@ -41,7 +242,9 @@ def test_inspect_json_is_stable_and_complete(toy_native, toy_model, capsys):
         "weight_files",
         "options",
         "trace",
+        "unresolved",
     }
+    assert data["unresolved"] == {}
     assert data["max_model_len"] == 100 and data["dtype"] == "bfloat16"
     assert data["options"]["max_model_len"] == 100
     assert data["trace"][0] == {
@@ -104,7 +307,7 @@ def test_errors_are_one_line_without_traceback_and_exit_non_zero(tmp_path):
 def test_unknown_option_value_on_the_command_line(toy_native, toy_model, capsys):
     assert main(["inspect", str(toy_model()), "--model-impl", "vllm"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("modelport: error: invalid value 'vllm' for option 'model_impl'")
+    assert err.startswith("modelport: error: invalid value 'vllm' for option --model-impl;")
     assert "Traceback" not in err
 
 
