@@ -15,6 +15,11 @@ from typing import Any
 from modelport.errors import PluginError
 from modelport.types import ConfigPatch, RegistryEntry
 
+#: The ``impl`` that registers an architecture alias: ``register(alias, "OtherName", impl="alias")``.
+ALIAS_IMPL = "alias"
+#: The registry kind of those aliases.
+ALIAS_KIND = "architecture_alias"
+
 
 def import_target(target: str) -> Any:
     """Import ``"package.module:Attribute"`` and return the attribute.
@@ -85,6 +90,17 @@ class Registry:
         if kind == "architecture":
 
             def register_architecture(name: str, target: str, impl: str = "native", description: str = "") -> None:
+                if impl == ALIAS_IMPL:
+                    # Another name for an architecture (vLLM's legacy and alias names): target is that name.
+                    if not isinstance(target, str) or not target or ":" in target or target == name:
+                        raise PluginError(
+                            plugin,
+                            f"architecture alias {name!r}: target must be another architecture name, got {target!r}",
+                        )
+                    self.entries.append(
+                        RegistryEntry(ALIAS_KIND, name, plugin, None, description, {"alias_of": target})
+                    )
+                    return
                 _check_target(plugin, "architecture", name, target)
                 self.entries.append(RegistryEntry(kind, name, plugin, target, description, {"impl": impl}))
 
@@ -128,8 +144,24 @@ class Registry:
         return None
 
     def architectures(self, name: str) -> list[RegistryEntry]:
-        """Every implementation registered for architecture ``name``."""
-        return [e for e in self.entries if e.kind == "architecture" and e.name == name]
+        """Every implementation registered for architecture ``name``.
+
+        A name with no implementation of its own that is registered as an alias
+        (``register(name, other_name, impl="alias")``) lists the implementations of the name
+        it stands for (see :meth:`alias_of`).
+        """
+        found = [e for e in self.entries if e.kind == "architecture" and e.name == name]
+        canonical = self.alias_of(name) if not found else None
+        if canonical is not None:
+            return [e for e in self.entries if e.kind == "architecture" and e.name == canonical]
+        return found
+
+    def alias_of(self, name: str) -> str | None:
+        """The architecture ``name`` stands for, when it is a registered alias without an implementation of its own."""
+        if any(e.kind == "architecture" and e.name == name for e in self.entries):
+            return None
+        entry = self.lookup(ALIAS_KIND, name)
+        return None if entry is None else str(entry.extra["alias_of"])
 
     def config_class(self, model_type: str) -> type | None:
         """The config class registered for ``model_type``, imported now, or ``None``."""

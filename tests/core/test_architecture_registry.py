@@ -17,6 +17,7 @@ NATIVE = {
     "Qwen2ForCausalLM": "modelport.models.llama:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "modelport.models.llama:Qwen3ForCausalLM",
     "MixtralForCausalLM": "modelport.models.mixtral:MixtralForCausalLM",
+    "ChatGLMModel": "modelport.models.chatglm:ChatGLMForCausalLM",
 }
 
 # The plugin module names its model class by a "module:Class" string; that module is a separate

@@ -1,11 +1,22 @@
-"""Built-in plugin: pick an implementation from the architecture registry."""
+"""Built-in plugin: pick an implementation from the architecture registry, and vLLM's alias names.
+
+vLLM's model registry (``vllm/model_executor/models/registry.py``, 0.32) lists
+several names for one implementation: legacy capitalisations
+(``LLaMAForCausalLM`` of the decapoda checkpoints, ``MPTForCausalLM``), the names
+forks gave a Llama (Aquila, Xverse) and a model's second name
+(``ChatGLMForConditionalGeneration``). :data:`ARCHITECTURE_ALIASES` carries them;
+they are registered through the architecture hook (``register(alias, name,
+impl="alias")``), so that any plugin's implementation of the name they stand for
+serves them, and the trace says when an alias was used.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from modelport.hookspecs import hookimpl
-from modelport.registry import Registry
+from modelport.registry import ALIAS_IMPL, Registry
 from modelport.types import ArchitectureChoice, Decision
 
 #: For each ``model_impl`` value, the implementation kinds it accepts, best first.
@@ -15,6 +26,35 @@ IMPL_PREFERENCE: dict[str, tuple[str, ...]] = {
     "transformers": ("transformers",),
 }
 
+#: vLLM 0.32's alias names -> the architecture name they stand for (one implementation in vLLM).
+#:
+#: Only pure renames are carried. vLLM also maps ``InternLMForCausalLM`` and
+#: ``InternLM3ForCausalLM`` (a ``bias`` key the native Llama does not read), ``CwmForCausalLM``
+#: and ``Olmo3ForCausalLM`` (sliding-window layers), ``Cohere2ForCausalLM`` and
+#: ``DeepseekV32ForCausalLM`` (different layers) onto a shared class that reads those
+#: differences from the config; here that would run them with the wrong layers, so they
+#: stay unsupported until an implementation names them itself. ``RWForCausalLM`` was
+#: dropped by vLLM 0.28 (modelport-hf's falcon-refinedweb fix-up renames it).
+ARCHITECTURE_ALIASES: dict[str, str] = {
+    "LLaMAForCausalLM": "LlamaForCausalLM",  # decapoda-research/llama-*-hf
+    "AquilaModel": "LlamaForCausalLM",
+    "AquilaForCausalLM": "LlamaForCausalLM",  # AquilaChat2
+    "XverseForCausalLM": "LlamaForCausalLM",
+    "ChatGLMForConditionalGeneration": "ChatGLMModel",
+    "MPTForCausalLM": "MptForCausalLM",  # the remote code's capitalisation of transformers' class
+    "StableLMEpochForCausalLM": "StableLmForCausalLM",  # StableLM's remote-code era
+    "MiniMaxForCausalLM": "MiniMaxText01ForCausalLM",
+    "MiniMaxM1ForCausalLM": "MiniMaxText01ForCausalLM",
+    "TeleChatForCausalLM": "TeleChat2ForCausalLM",
+}
+
+
+@hookimpl
+def modelport_register_architectures(register: Callable[..., None]) -> None:
+    """Register vLLM's alias names (:data:`ARCHITECTURE_ALIASES`) as aliases, without code of their own."""
+    for alias, canonical in ARCHITECTURE_ALIASES.items():
+        register(alias, canonical, impl=ALIAS_IMPL, description=f"vLLM's alias of {canonical}")
+
 
 @hookimpl(trylast=True)
 def modelport_select_architecture(
@@ -23,7 +63,10 @@ def modelport_select_architecture(
     """The first of ``config.architectures`` with a registered implementation.
 
     With ``model_impl="auto"`` a native implementation wins over a
-    Transformers-backend one; other kinds registered by plugins come last.
+    Transformers-backend one; other kinds registered by plugins come last. A
+    name registered as an alias is served by the implementation of the name it
+    stands for; the choice keeps the config's name and its reason says which
+    alias was used.
     """
     names = list(getattr(hf_config, "architectures", None) or [])
     wanted = IMPL_PREFERENCE.get(model_impl, (model_impl,))
@@ -37,8 +80,12 @@ def modelport_select_architecture(
             entry = ranked[0]
             assert entry.target is not None
             impl = str(entry.extra.get("impl", "native"))
-            return Decision(
-                ArchitectureChoice(name, impl, entry.target, entry.plugin),
-                f"registered {impl} implementation for {name} (model_impl={model_impl!r})",
-            )
+            reason = f"registered {impl} implementation for {name} (model_impl={model_impl!r})"
+            canonical = registry.alias_of(name)
+            if canonical is not None:
+                reason = (
+                    f"{name} is an alias of {canonical} (vLLM's registry); "
+                    f"registered {impl} implementation for {canonical} (model_impl={model_impl!r})"
+                )
+            return Decision(ArchitectureChoice(name, impl, entry.target, entry.plugin), reason)
     return None

@@ -13,6 +13,7 @@ NATIVE_ARCHITECTURES: dict[str, str] = {
     "Qwen2ForCausalLM": "modelport.models.llama:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "modelport.models.llama:Qwen3ForCausalLM",
     "MixtralForCausalLM": "modelport.models.mixtral:MixtralForCausalLM",
+    "ChatGLMModel": "modelport.models.chatglm:ChatGLMForCausalLM",  # ChatGLM2/3, GLM-4 (vLLM's name for them)
 }
 
 
