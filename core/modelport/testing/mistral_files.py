@@ -48,6 +48,19 @@ TEKKEN_SPECIAL_TOKENS = (
     "[SYSTEM_PROMPT]",
     "[/SYSTEM_PROMPT]",
     "[TOOL_CONTENT]",
+    "[ARGS]",
+    "[CALL_ID]",
+    "[AUDIO]",
+    "[BEGIN_AUDIO]",
+    "[TRANSCRIBE]",
+    "[THINK]",
+    "[/THINK]",
+    "[STREAMING_PAD]",
+    "[STREAMING_WORD]",
+    "[NEXT_AUDIO_TEXT]",
+    "[REPEAT_AUDIO_TEXT]",
+    "[MODEL_SETTINGS]",
+    "[/MODEL_SETTINGS]",
 )
 #: Control symbols a version-3 SentencePiece model of Mistral's holds after ``<unk>``, ``<s>``, ``</s>``.
 SENTENCEPIECE_CONTROL_SYMBOLS = (
@@ -182,7 +195,7 @@ def _train_byte_bpe(text: str, merges: int) -> list[bytes]:
 
 
 def write_tekken(
-    path: Path, *, vocab_size: int = 384, num_special_tokens: int = 32, version: str = "v7", text: str = _TRAINING_TEXT
+    path: Path, *, vocab_size: int = 384, num_special_tokens: int = 40, version: str = "v7", text: str = _TRAINING_TEXT
 ) -> Path:
     """Write a tekken tokenizer file at ``path`` (a ``tekken.json``) and return ``path``.
 

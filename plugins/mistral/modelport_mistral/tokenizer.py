@@ -12,7 +12,7 @@ and ``LLM.chat`` call, with vLLM's meaning for each:
 * ``decode(ids, skip_special_tokens=True)``: ``MistralTokenizer.decode`` with
   the special-token policy ``IGNORE`` (``KEEP`` when ``False``);
 * ``apply_chat_template(messages, tokenize=True)``: the tokens (or, with
-  ``tokenize=False``, the text) of ``encode_chat_completion`` on a
+  ``tokenize=False``, their text, special tokens kept) of ``encode_chat_completion`` on a
   ``ChatCompletionRequest`` of ``messages``. mistral-common's request format
   decides the prompt, so ``add_generation_prompt`` changes nothing (as in vLLM).
 """
@@ -114,7 +114,12 @@ class MistralCommonTokenizer:
             tokenized = self.mistral.encode_chat_completion(request)
         except (MistralCommonException, ValueError) as exc:
             raise TokenizerError(self.file, f"mistral-common cannot encode this conversation: {exc}") from exc
-        return list(tokenized.tokens) if tokenize else str(tokenized.text)
+        if tokenize:
+            return list(tokenized.tokens)
+        from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+        # Tokenized.text is deprecated; mistral-common's advice is to decode the tokens, keeping special ones.
+        return str(self.mistral.decode(list(tokenized.tokens), special_token_policy=SpecialTokenPolicy.KEEP))
 
 
 def load_tokenizer(source: Source, file: str) -> MistralCommonTokenizer:
