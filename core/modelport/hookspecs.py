@@ -136,6 +136,20 @@ def modelport_register_config_patches(register: Callable[[ConfigPatch], None]) -
     """
 
 
+@hookspec
+def modelport_register_gguf_architectures(register: Callable[..., None]) -> None:
+    """Register GGUF architecture tables (``register(gguf_name, "module:TABLE", description="")``).
+
+    ``gguf_name`` is a value of a GGUF file's ``general.architecture``
+    (``llama``, ``qwen2``...); the target is a table that says which
+    ``model_type`` and architecture class the file becomes, which metadata
+    keys fill which config attributes and how its tensor names map to
+    Hugging Face names (modelport-gguf's ``GGUFArchitecture``). The first
+    registration of a name wins; the trace names the plugin whose table
+    answered. Tables are imported on first use.
+    """
+
+
 # --- architecture ------------------------------------------------------------
 
 
@@ -277,6 +291,7 @@ REGISTER_HOOKS: dict[str, str] = {
     "modelport_register_config_formats": "config_format",
     "modelport_register_config_classes": "config_class",
     "modelport_register_config_patches": "config_patch",
+    "modelport_register_gguf_architectures": "gguf_architecture",
     "modelport_register_architectures": "architecture",
     "modelport_register_tokenizer_modes": "tokenizer_mode",
     "modelport_register_load_formats": "load_format",

@@ -80,6 +80,13 @@ class Registry:
                 )
 
             return register_patch
+        if kind == "gguf_architecture":
+
+            def register_gguf_architecture(gguf_name: str, target: str, description: str = "") -> None:
+                _check_target(plugin, "GGUF architecture", gguf_name, target)
+                self.entries.append(RegistryEntry(kind, gguf_name, plugin, target, description))
+
+            return register_gguf_architecture
         if kind == "config_class":
 
             def register_config_class(model_type: str, target: str, description: str = "") -> None:

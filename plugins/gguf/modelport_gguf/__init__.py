@@ -1,3 +1,3 @@
-"""modelport-gguf: GGUF files for modelport (a skeleton for now)."""
+"""modelport-gguf: GGUF files for modelport (references, header, config, tokenizer, weights)."""
 
 __version__ = "0.1.0"

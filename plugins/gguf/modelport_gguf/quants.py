@@ -1,0 +1,228 @@
+"""Dequantisation of ggml tensor data in torch, vectorised over blocks.
+
+Each ``_dq_*`` function takes the raw blocks of one type as a ``uint8``
+tensor of shape ``[n_blocks, bytes_per_block]`` and returns float32 values of
+shape ``[n_blocks, elements_per_block]``. The arithmetic mirrors gguf-py's
+numpy ``gguf.quants.dequantize`` operation for operation (the same products
+and differences, in the same order, in float32), so the results are
+bit-identical to it; tests check that on random blocks of every type.
+:func:`dequantize` works through a tensor in chunks of blocks, writing each
+chunk straight into the output in the target dtype, so the float32
+intermediate never exceeds one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from modelport_gguf.header import GGML_TYPES
+
+#: Blocks dequantised at once (bounds the float32 intermediate to a few MB).
+CHUNK_BLOCKS = 1 << 14
+
+_IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+_CONSTANTS: dict[str, torch.Tensor] = {}
+
+
+def _const(name: str, values: list[int], shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    key = f"{name}"
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype).reshape(shape)
+    return _CONSTANTS[key]
+
+
+def _f16(raw: torch.Tensor) -> torch.Tensor:
+    """Two bytes per row -> float32 column ``[n, 1]``."""
+    return raw.contiguous().view(torch.float16).to(torch.float32)
+
+
+def _nibbles(qs: torch.Tensor, n: int, groups: int, width: int) -> torch.Tensor:
+    """Low nibbles of each ``width``-byte group, then high nibbles: ``[n, groups * 2 * width]``."""
+    shifted = qs.reshape(n, groups, 1, width) >> _const("s04", [0, 4], (1, 1, 2, 1))
+    return (shifted & 0x0F).reshape(n, groups * 2 * width)
+
+
+def _bits(qh: torch.Tensor, n: int) -> torch.Tensor:
+    """The bits of ``[n, b]`` bytes, bit ``j`` of the little-endian integer at column ``j``: ``[n, 8 b]``."""
+    return ((qh.unsqueeze(-1) >> _const("s8", list(range(8)), (1, 1, 8))) & 1).reshape(n, -1)
+
+
+def _dq_q4_0(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    q = _nibbles(b[:, 2:], n, 1, 16).to(torch.int8) - 8
+    return d * q.to(torch.float32)
+
+
+def _dq_q4_1(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    q = _nibbles(b[:, 4:], n, 1, 16).to(torch.float32)
+    return d * q + m
+
+
+def _dq_q5_0(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    qh = _bits(b[:, 2:6], n)
+    ql = _nibbles(b[:, 6:], n, 1, 16)
+    q = (ql | (qh << 4)).to(torch.int8) - 16
+    return d * q.to(torch.float32)
+
+
+def _dq_q5_1(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    qh = _bits(b[:, 4:8], n)
+    ql = _nibbles(b[:, 8:], n, 1, 16)
+    q = (ql | (qh << 4)).to(torch.float32)
+    return d * q + m
+
+
+def _dq_q8_0(b: torch.Tensor) -> torch.Tensor:
+    d = _f16(b[:, :2])
+    return b[:, 2:].view(torch.int8).to(torch.float32) * d
+
+
+def _dq_q2_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    scales, qs = b[:, :16], b[:, 16:80]
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    dl = (d * (scales & 0x0F).to(torch.float32)).reshape(n, 16, 1)
+    ml = (dmin * (scales >> 4).to(torch.float32)).reshape(n, 16, 1)
+    q = (qs.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))) & 3
+    q = q.reshape(n, 16, 16).to(torch.float32)
+    return (dl * q - ml).reshape(n, 256)
+
+
+def _dq_q3_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    hmask, qs, scales = b[:, :32], b[:, 32:96], b[:, 96:108]
+    d = _f16(b[:, 108:110])
+    low = (scales[:, :8].reshape(n, 1, 8) >> _const("s04b", [0, 4], (1, 2, 1))).reshape(n, 16)
+    high = (scales[:, 8:].reshape(n, 1, 4) >> _const("s0246b", [0, 2, 4, 6], (1, 4, 1))).reshape(n, 16)
+    sc = ((low & 0x0F) | ((high & 0x03) << 4)).to(torch.int8) - 32
+    dl = (d * sc.to(torch.float32)).reshape(n, 16, 1)
+    ql = (qs.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))).reshape(n, 16, 16) & 3
+    qh = (hmask.reshape(n, 1, 1, 32) >> _const("s8b", list(range(8)), (1, 1, 8, 1))).reshape(n, 16, 16) & 1
+    qh = qh ^ 1  # the offset of 4 applies where the mask bit is clear
+    q = (ql.to(torch.int8) - (qh << 2).to(torch.int8)).to(torch.float32)
+    return (dl * q).reshape(n, 256)
+
+
+def _scale_min_k4(scales: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    s = scales.reshape(n, 3, 4)
+    d, m, md = s[:, 0], s[:, 1], s[:, 2]
+    sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return sc, mn
+
+
+def _dq_q4_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16], n)
+    dd = (d * sc.to(torch.float32)).reshape(n, 8, 1)
+    dm = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
+    q = _nibbles(b[:, 16:], n, 4, 32).reshape(n, 8, 32).to(torch.float32)
+    return (dd * q - dm).reshape(n, 256)
+
+
+def _dq_q5_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16], n)
+    dd = (d * sc.to(torch.float32)).reshape(n, 8, 1)
+    dm = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
+    qh = (b[:, 16:48].reshape(n, 1, 1, 32) >> _const("s8b", list(range(8)), (1, 1, 8, 1))).reshape(n, 8, 32) & 1
+    ql = _nibbles(b[:, 48:], n, 4, 32).reshape(n, 8, 32)
+    q = (ql | (qh << 4)).to(torch.float32)
+    return (dd * q - dm).reshape(n, 256)
+
+
+def _dq_q6_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    ql, qh, scales = b[:, :128], b[:, 128:192], b[:, 192:208]
+    d = _f16(b[:, 208:210])
+    dd = (d * scales.view(torch.int8).to(torch.float32)).reshape(n, 16, 1)
+    low = _nibbles(ql, n, 2, 64).reshape(n, 8, 32)
+    high = (qh.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))).reshape(n, 8, 32) & 3
+    q = (low | (high << 4)).to(torch.int8) - 32
+    return (dd * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, 256)
+
+
+def _dq_iq4_nl(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    table = _const("iq4nl", list(_IQ4_NL_VALUES), (16,), torch.int8).to(torch.float32)
+    q = table[_nibbles(b[:, 2:], n, 1, 16).long()]
+    return d * q
+
+
+def _dq_iq4_xs(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    scales_h = b[:, 2:4].contiguous().view(torch.int16).to(torch.int32) & 0xFFFF  # [n, 1]
+    scales_l = b[:, 4:8]
+    low = (scales_l.reshape(n, 4, 1) >> _const("s04c", [0, 4], (1, 1, 2))).reshape(n, 8) & 0x0F
+    shifts = _const("s2i", [2 * i for i in range(8)], (1, 8), torch.int32)
+    high = ((scales_h >> shifts) & 0x03).to(torch.uint8)
+    sc = (low | (high << 4)).to(torch.int8) - 32
+    dl = (d * sc.to(torch.float32)).reshape(n, 8, 1)
+    table = _const("iq4nl", list(_IQ4_NL_VALUES), (16,), torch.int8).to(torch.float32)
+    q = table[_nibbles(b[:, 8:], n, 8, 16).long()].reshape(n, 8, 32)
+    return (dl * q).reshape(n, 256)
+
+
+#: ggml type name -> block dequantiser, for every quantised type this plugin reads.
+BLOCK_DEQUANTISERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Q4_0": _dq_q4_0,
+    "Q4_1": _dq_q4_1,
+    "Q5_0": _dq_q5_0,
+    "Q5_1": _dq_q5_1,
+    "Q8_0": _dq_q8_0,
+    "Q2_K": _dq_q2_k,
+    "Q3_K": _dq_q3_k,
+    "Q4_K": _dq_q4_k,
+    "Q5_K": _dq_q5_k,
+    "Q6_K": _dq_q6_k,
+    "IQ4_NL": _dq_iq4_nl,
+    "IQ4_XS": _dq_iq4_xs,
+}
+#: Unquantised ggml types -> the torch dtype their bytes hold.
+PLAIN_TYPES: dict[str, torch.dtype] = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+}
+#: Every ggml type name :func:`dequantize` reads.
+SUPPORTED_TYPES: tuple[str, ...] = tuple(PLAIN_TYPES) + tuple(BLOCK_DEQUANTISERS)
+
+
+def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Values of ``shape`` in ``dtype`` from the raw bytes ``raw`` (a ``uint8`` tensor) of ggml type ``type_name``.
+
+    Plain types are reinterpreted and converted; quantised types are
+    dequantised chunk by chunk into the output. Raises ``KeyError`` for a type
+    it does not read (callers turn it into a typed error naming the tensor).
+    """
+    if type_name in PLAIN_TYPES:
+        values = raw.view(PLAIN_TYPES[type_name]).reshape(shape)
+        return values if values.dtype == dtype else values.to(dtype)
+    fn = BLOCK_DEQUANTISERS[type_name]
+    _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == type_name)
+    blocks = raw.reshape(-1, type_size)
+    n = blocks.shape[0]
+    out = torch.empty((n, block), dtype=dtype)
+    for start in range(0, n, CHUNK_BLOCKS):
+        stop = min(n, start + CHUNK_BLOCKS)
+        out[start:stop] = fn(blocks[start:stop])
+    return out.reshape(shape)
