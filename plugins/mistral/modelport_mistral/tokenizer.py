@@ -47,6 +47,9 @@ def choose_file(source: Source, candidates: Sequence[str]) -> str:
 class MistralCommonTokenizer:
     """A ``MistralTokenizer`` with the methods modelport's executor and ``LLM.chat`` use.
 
+    It keeps modelport's tokenizer protocol (``modelport.testing.check_tokenizer``
+    checks it, with ``chat=True``).
+
     Attributes:
         mistral: the ``mistral_common`` ``MistralTokenizer`` itself.
         file: the tokenizer file it was loaded from.
@@ -69,6 +72,11 @@ class MistralCommonTokenizer:
     def eos_token_id(self) -> int:
         """The end-of-sequence token id (generation stops there)."""
         return int(self._raw.eos_id)
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        """The ids of every special (control) token, sorted; decoding skips them by default."""
+        return sorted(int(i) for i in self._raw.special_ids)
 
     @property
     def vocab_size(self) -> int:

@@ -59,6 +59,19 @@ def test_encode_decode_and_chat_equal_mistral_commons_own(mistral_model, kind, v
         assert "[INST]" in text
     assert tokenizer.eos_token_id == raw.eos_id and tokenizer.bos_token_id == raw.bos_id
     assert len(tokenizer) == raw.n_words
+    assert tokenizer.all_special_ids == sorted(raw.special_ids)
+
+
+def test_the_tokenizer_keeps_modelports_tokenizer_protocol(mistral_model):
+    check_tokenizer = pytest.importorskip("modelport.testing").__dict__.get("check_tokenizer")
+    if check_tokenizer is None:
+        pytest.skip("this modelport's testing kit has no check_tokenizer")
+    for kind in ("tekken", "sentencepiece"):
+        _, folder = mistral_model(kind, tokenizer=kind)
+        tokenizer = modelport.load(str(folder), load_format="dummy").tokenizer
+        assert check_tokenizer(tokenizer, "It was the best of times", chat=True) == tokenizer.encode(
+            "It was the best of times"
+        )
 
 
 @pytest.mark.parametrize(
