@@ -173,10 +173,14 @@ class CPUExecutor:
         params = params or SamplingParams()
         rid = request_id if request_id is not None else str(next(self._ids))
         text = prompt if isinstance(prompt, str) else None
+        unreadable = None
         if isinstance(prompt, str) and self.tokenizer is None:
             ids: list[int] = []  # fails below, alone: text needs a tokenizer
         else:
-            ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+            try:
+                ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
+            except Exception as exc:  # a prompt the tokenizer cannot encode fails alone, never the whole batch
+                ids, unreadable = [], f"the prompt could not be encoded ({type(exc).__name__}: {exc})"
         generator = None
         if params.seed is not None:
             import torch
@@ -185,7 +189,7 @@ class CPUExecutor:
         request = _Request(rid, text, ids, params, 0, generator, list(ids))
         request.output.logprobs = [] if params.logprobs is not None else None
         request.output.cumulative_logprob = 0.0 if params.logprobs is not None else None
-        problem = self._check(request)
+        problem = unreadable or self._check(request)
         if problem:
             request.error = problem
             request.output.finish_reason = "error"

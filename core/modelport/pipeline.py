@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport.config_checks import check_config_values, check_model_fits
 from modelport.errors import (
     InvalidConfigError,
     InvalidOptionError,
@@ -38,6 +39,7 @@ from modelport.plugins import Answer, PluginHost, get_host
 from modelport.registry import Registry
 from modelport.trace import Trace
 from modelport.types import ArchitectureChoice, PatchContext, Source, TokenizerSpec, WeightFiles
+from modelport.weight_checks import check_nothing_uninitialised, weights_being_read
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,7 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     try:
         max_len = resolve_max_model_len(opts.max_model_len, hf_text)
         facts = model_facts(hf_config, hf_text)
+        check_config_values(hf_text)  # NaN, zero, negative sizes (modelport.config_checks)
     except InvalidConfigError as exc:
         # The facts read attributes, not files: name the file the config came from.
         raise InvalidConfigError(config_source.location, exc.detail, field=exc.field, value=exc.value) from exc
@@ -430,6 +433,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
     resolved = _resolve(run, reference)
     trace = run.trace
     _fetch_files(resolved, trace)
+    check_model_fits(resolved)  # before building: a config far larger than its weights fails now
 
     with trace.timed("model", resolved.architecture.plugin, resolved.architecture.target, "") as info:
         cls = run.registry.load(resolved.architecture.target)
@@ -450,7 +454,8 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             f"no installed plugin reads load_format={resolved.weight_files.load_format!r}",
         )
     with trace.timed("load_weights", resolved.architecture.plugin, "", "") as info:
-        report = model.load_weights(_checked(answer.value))
+        with weights_being_read(resolved.weight_files):  # a tensor that does not fit names its file
+            report = model.load_weights(_checked(answer.value))
         if not isinstance(report, WeightReport):
             report = WeightReport()
         if not resolved.weight_files.files:
@@ -460,6 +465,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             f"{len(report.loaded)} loaded, {len(report.missing)} missing, {len(report.unexpected)} unexpected"
             + (f", {len(report.initialised)} randomly initialised" if report.initialised else "")
         )
+        check_nothing_uninitialised(report, resolved.weight_files)  # not loaded, not tied: WeightsMissingError
 
     tokenizer = None
     if resolved.tokenizer is not None:

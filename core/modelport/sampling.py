@@ -7,6 +7,7 @@ executor admits the request, and fail that request alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,8 +25,12 @@ MAX_LOGPROBS = 20
 class SamplingParams:
     """How to generate for one request.
 
+    Numbers must be finite (NaN and infinity are refused). ``max_tokens`` may
+    be any positive integer: the executor clamps it to the room the context
+    length leaves after the prompt, as vLLM does.
+
     Attributes:
-        max_tokens: new tokens to generate at most (``None``: up to the context length).
+        max_tokens: new tokens to generate at most (``None``: up to the context length; more is clamped to it).
         temperature: 0 means greedy; higher is more random.
         top_k: keep the k most likely tokens (0 or -1: all).
         top_p: keep the smallest set whose probability reaches p (1: all).
@@ -58,18 +63,18 @@ class SamplingParams:
 
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
             raise bad("max_tokens", "expected a positive integer or None")
-        if not _is_number(self.temperature) or self.temperature < 0:
-            raise bad("temperature", "expected a number >= 0 (0 is greedy)")
+        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise bad("temperature", "expected a finite number >= 0 (0 is greedy)")
         if not _is_int(self.top_k) or self.top_k < -1:
             raise bad("top_k", "expected an integer >= 1, or 0 / -1 for all tokens")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "expected a number in (0, 1]")
         if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "expected a number in [0, 1]")
-        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "expected a number > 0 (1 is off)")
-        if self.seed is not None and not _is_int(self.seed):
-            raise bad("seed", "expected an integer or None")
+        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
+            raise bad("repetition_penalty", "expected a finite number > 0 (1 is off)")
+        if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64):
+            raise bad("seed", "expected an integer from -2**63 to 2**64 - 1, or None")
         if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise bad("logprobs", f"expected an integer from 0 to {MAX_LOGPROBS}, or None")
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

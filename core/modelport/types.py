@@ -124,12 +124,22 @@ class LocalSource(Source):
         return list(self._files)
 
     def exists(self, path: str) -> bool:
-        """Whether the file exists under the folder."""
-        return (self.root / path).is_file()
+        """Whether the file exists under the folder (a path climbing out of it never does)."""
+        from modelport.containment import is_plain_relative
+
+        return is_plain_relative(path) and (self.root / path).is_file()
 
     def fetch(self, path: str) -> Path:
-        """The file itself; local files need no download."""
-        local = self.root / path
+        """The file itself; local files need no download.
+
+        Raises:
+            InvalidConfigError, WeightsMissingError: the file lies outside the folder (a ``..`` path, an
+                absolute path, a link leading out); see :mod:`modelport.containment`.
+        """
+        from modelport.containment import contained_file
+
+        # The file the user named (a .gguf path) is theirs to point anywhere; everything else stays inside.
+        local = self.root / path if path == self.primary_file else contained_file(self.root, path, str(self.root))
         if not local.is_file():
             from modelport.errors import ReferenceNotFoundError
 

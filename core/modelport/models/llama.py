@@ -37,6 +37,7 @@ from modelport.models.linear import Linear, linear
 from modelport.models.protocol import SequenceBatch
 from modelport.models.rope import RotaryEmbedding, Rotation
 from modelport.pipeline import WeightReport
+from modelport.weight_checks import check_weight_fits
 
 #: Activation functions by the names configs use (``hidden_act``).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -375,6 +376,7 @@ class LlamaForCausalLM(nn.Module):
                 if target is None or target.parameter not in params:
                     unexpected.append(name)
                     continue
+                check_weight_fits(name, tensor, params[target.parameter], target.index)  # else WeightsCorruptError
                 if not self._fill(params, target, tensor):
                     unexpected.append(name)
                     continue
@@ -385,6 +387,7 @@ class LlamaForCausalLM(nn.Module):
                     parts.setdefault(target.parameter, []).append(target.index)
             embed = "model.embed_tokens.weight"
             if tied_head is not None and not filled[embed]:
+                check_weight_fits("lm_head.weight", tied_head, params[embed])
                 if self._fill(params, WeightTarget(embed), tied_head):
                     filled[embed].update(self.weight_pieces(embed))
                 else:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from modelport.config_checks import check_json_size, parse_json_bytes
 from modelport.errors import InvalidConfigError, RemoteCodeRequiredError
 from modelport.options import LoadOptions
 from modelport.registry import Registry
@@ -25,6 +25,7 @@ def read_config_json(source: Source, name: str = "config.json") -> dict[str, Any
     """
     path = source.fetch(name)
     where = str(path)
+    check_json_size(path)  # the size cap (MODELPORT_MAX_JSON_BYTES), before reading
     raw = path.read_bytes()
     if not raw.strip():
         raise InvalidConfigError(where, "the file is empty")
@@ -32,12 +33,7 @@ def read_config_json(source: Source, name: str = "config.json") -> dict[str, Any
         raise InvalidConfigError(
             where, "the file is a Git LFS pointer, not the config itself (run `git lfs pull` in the clone)"
         )
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InvalidConfigError(where, f"not UTF-8 text (byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise InvalidConfigError(where, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    data = parse_json_bytes(raw, where)  # bad UTF-8 or JSON, nested too deep: InvalidConfigError
     if not isinstance(data, dict):
         raise InvalidConfigError(where, f"expected a JSON object, found {type(data).__name__}")
     return data

@@ -186,6 +186,7 @@ def load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any:
     """
     local = spec.source.fetch_many(spec.files)
     folder = local[spec.files[0]].parent
+    _check_json_files(spec, local)
     kwargs = {"trust_remote_code": options.trust_remote_code}
     if spec.mode == "slow":
         tokenizer = _slow_tokenizer(spec, folder, kwargs)
@@ -199,7 +200,7 @@ def _auto_tokenizer(spec: TokenizerSpec, folder: Path, kwargs: dict[str, Any]) -
 
     try:
         return AutoTokenizer.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+    except Exception as exc:  # hostile files make transformers and tokenizers raise anything: all mean "bad files"
         raise _tokenizer_error(spec, folder, exc) from exc
 
 
@@ -210,7 +211,7 @@ def _slow_tokenizer(spec: TokenizerSpec, folder: Path, kwargs: dict[str, Any]) -
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+    except Exception as exc:  # as in _auto_tokenizer
         if not (folder / "tokenizer.model").is_file():
             raise _tokenizer_error(spec, folder, exc) from exc
         tokenizer = None
@@ -221,7 +222,7 @@ def _slow_tokenizer(spec: TokenizerSpec, folder: Path, kwargs: dict[str, Any]) -
 
         try:
             return SentencePieceBackend.from_pretrained(folder, **kwargs)
-        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        except Exception as exc:  # as in _auto_tokenizer
             raise _tokenizer_error(spec, folder, exc) from exc
     built = type(tokenizer).__name__
     raise TokenizerError(
@@ -231,6 +232,27 @@ def _slow_tokenizer(spec: TokenizerSpec, folder: Path, kwargs: dict[str, Any]) -
         f"tokenizer modes of modelport-hf: {', '.join(repr(m) for m in MODES)} "
         "(use 'hf' or 'auto' for the fast tokenizer)",
     )
+
+
+def _check_json_files(spec: TokenizerSpec, local: dict[str, Path]) -> None:
+    """Every JSON file within the size cap; the small ones (not tokenizer.json) also within the nesting cap.
+
+    transformers parses them with Python's ``json``, which recurses: a file nested thousands deep would be a
+    ``RecursionError`` there. tokenizer.json is parsed by the tokenizers library, which has its own depth limit.
+    """
+    from modelport.config_checks import check_json_size, load_json_file
+    from modelport.errors import InvalidConfigError
+
+    for name, path in local.items():
+        if not name.endswith(".json"):
+            continue
+        try:
+            if name == "tokenizer.json":
+                check_json_size(path)
+            else:
+                load_json_file(path)
+        except InvalidConfigError as exc:
+            raise TokenizerError(spec.source.location, f"{name}: {exc.detail}") from exc
 
 
 def _tokenizer_error(spec: TokenizerSpec, folder: Path, exc: Exception) -> Exception:

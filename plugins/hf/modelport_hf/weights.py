@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelport.errors import WeightsCorruptError, WeightsMissingError
+from modelport.config_checks import load_json_file
+from modelport.containment import is_plain_relative
+from modelport.errors import InvalidConfigError, WeightsCorruptError, WeightsMissingError
 from modelport.types import Decision, Source, WeightFiles
+from modelport.weight_checks import note_weight_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PT_INDEX = "pytorch_model.bin.index.json"
@@ -20,10 +22,13 @@ NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.
 def _shards_from_index(source: Source, index: str) -> tuple[str, ...]:
     path = source.fetch(index)
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
+        weight_map = load_json_file(path)["weight_map"]
         shards = tuple(sorted(set(weight_map.values())))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+    except (InvalidConfigError, KeyError, TypeError, AttributeError) as exc:
         raise WeightsCorruptError(str(path), f"not a valid shard index ({type(exc).__name__}: {exc})") from exc
+    outside = [s for s in shards if not is_plain_relative(s)]
+    if outside:
+        raise WeightsMissingError(str(path), f"names shards outside the model folder: {', '.join(map(repr, outside))}")
     missing = [s for s in shards if not source.exists(s)]
     if missing:
         raise WeightsMissingError(str(path), f"names shards that are absent: {', '.join(missing)}")
@@ -91,6 +96,7 @@ def iter_safetensors(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
 
     for name in weights.files:
         path = weights.source.fetch(name)
+        note_weight_file(path)  # errors about its tensors name it
         prefetch(path)
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -134,6 +140,7 @@ def iter_pt(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
 
     for name in weights.files:
         path = weights.source.fetch(name)
+        note_weight_file(path)
         try:
             # mmap needs the zip format of torch >= 1.6; older (legacy) checkpoints are read whole.
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

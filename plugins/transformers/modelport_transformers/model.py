@@ -18,6 +18,7 @@ from typing import Any
 
 from modelport.errors import ModelportError
 from modelport.pipeline import WeightReport
+from modelport.weight_checks import check_weight_fits
 
 
 class TransformersModel:
@@ -107,9 +108,10 @@ class TransformersModel:
             for original, tensor in weights:
                 name = rename(original)
                 target = expected.get(name)
-                if target is None or tuple(target.shape) != tuple(tensor.shape):
+                if target is None:
                     unexpected.append(original)
                     continue
+                check_weight_fits(original, tensor, target)  # a wrong shape or dtype kind: WeightsCorruptError
                 expected[name] = slots.replace(target, self._placed(tensor, target))
                 expected[name]._is_hf_initialized = True
                 loaded.add(name)

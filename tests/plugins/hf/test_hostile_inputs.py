@@ -1,0 +1,218 @@
+"""Hostile model folders: files outside the folder, absurd config values, huge or deep JSON (issue 11).
+
+Each test names the attack; each gets a typed error from ``modelport.errors``
+naming the file (or entry), field and value, in milliseconds, before anything
+is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import modelport
+from modelport.config_checks import DEFAULT_MAX_JSON_BYTES, MAX_JSON_BYTES_ENV, MAX_JSON_DEPTH
+from modelport.errors import InvalidConfigError, TokenizerError, WeightsCorruptError, WeightsMissingError
+from modelport.testing import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("hostile") / "m", num_hidden_layers=1)
+
+
+@pytest.fixture
+def model(tiny, tmp_path):
+    folder = tmp_path / "inside" / "m"
+    shutil.copytree(tiny, folder)
+    return folder
+
+
+def _edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(values)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# --- point 1: containment ---------------------------------------------------------------------------------
+
+
+def _sharded(folder: Path, shard: str) -> None:
+    """Turn the folder into a sharded checkpoint whose index names ``shard`` for every tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, shard)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("shard", ["../../outside.safetensors", "sub/../../outside.safetensors", "ABSOLUTE"])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused_naming_the_entry(model, shard):
+    outside = model.parent.parent / "outside.safetensors"
+    shutil.copy(model / "model.safetensors", outside)
+    (model / "sub").mkdir()
+    shard = str(outside) if shard == "ABSOLUTE" else shard
+    _sharded(model, shard)
+    (model / "model.safetensors").unlink()
+    with pytest.raises(WeightsMissingError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert repr(shard) in str(info.value) and "outside the model folder" in str(info.value)
+
+
+def test_a_config_json_linking_outside_the_folder_is_refused_naming_the_entry(model):
+    secret = model.parent.parent / "secret.json"
+    secret.write_text((model / "config.json").read_text())
+    (model / "config.json").unlink()
+    (model / "config.json").symlink_to(secret)
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert "'config.json'" in str(info.value) and str(secret) in str(info.value)
+
+
+def test_a_weight_file_linking_outside_the_folder_is_refused_before_it_is_read(model):
+    elsewhere = model.parent.parent / "weights.safetensors"
+    shutil.move(model / "model.safetensors", elsewhere)
+    (model / "model.safetensors").symlink_to(elsewhere)
+    with pytest.raises(WeightsMissingError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True)
+    assert "'model.safetensors'" in str(info.value) and "outside the model folder" in str(info.value)
+
+
+def test_a_tokenizer_file_linking_outside_the_folder_is_refused(model):
+    elsewhere = model.parent.parent / "tokenizer.json"
+    shutil.move(model / "tokenizer.json", elsewhere)
+    (model / "tokenizer.json").symlink_to(elsewhere)
+    with pytest.raises((InvalidConfigError, TokenizerError)) as info:
+        modelport.load(str(model))
+    assert "'tokenizer.json'" in str(info.value)
+
+
+# --- point 2: config values ------------------------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("rms_norm_eps", float("nan")),
+    ("rms_norm_eps", 0.0),
+    ("head_dim", -16),
+    ("num_hidden_layers", -1),
+    ("num_hidden_layers", 0),
+    ("hidden_size", 0),
+    ("vocab_size", -5),
+    ("intermediate_size", 0),
+    ("num_hidden_layers", 10**6),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_VALUES)
+def test_a_size_that_is_not_a_finite_positive_number_is_an_invalid_config_naming_field_and_value(model, field, value):
+    _edit_config(model, **{field: value})
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert info.value.field == field and repr(value) in str(info.value) and str(model) in str(info.value)
+
+
+def test_head_dim_zero_means_unset_as_in_published_configs(model):
+    _edit_config(model, head_dim=0)
+    assert modelport.resolve(str(model), skip_tokenizer_init=True).facts.head_dim == 16  # 64 / 4 heads
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0])
+def test_a_rope_theta_that_is_not_a_finite_positive_number_is_an_invalid_config(model, value):
+    config = json.loads((model / "config.json").read_text())
+    config["rope_parameters"]["rope_theta"] = value
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert info.value.field == "rope_parameters.rope_theta" and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "load_format"),
+    [
+        ({"hidden_size": 2**63}, "auto"),
+        ({"hidden_size": 2**63}, "dummy"),
+        ({"num_hidden_layers": 4000, "hidden_size": 2**14}, "auto"),
+        ({"num_hidden_layers": 4000, "hidden_size": 2**16}, "dummy"),
+        ({"vocab_size": 10**15}, "auto"),
+        ({"intermediate_size": 2**40, "hidden_size": 2**20}, "dummy"),
+    ],
+)
+def test_a_config_far_larger_than_its_weights_or_memory_fails_in_milliseconds(model, values, load_format):
+    _edit_config(model, **values)
+    modelport.resolve(str(model), skip_tokenizer_init=True)  # nothing is allocated to resolve
+    start = time.perf_counter()
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True, load_format=load_format)
+    assert time.perf_counter() - start < 2.0
+    field, value = next(iter(values.items()))
+    assert f"{field}={value}" in str(info.value)
+    assert ("memory" if load_format == "dummy" else "weight files") in str(info.value)
+
+
+def test_a_real_size_config_still_loads(model):
+    loaded = modelport.load(str(model), skip_tokenizer_init=True, dtype="float32")
+    assert loaded.weights.loaded and not loaded.weights.missing
+
+
+# --- point 2: JSON size and depth -----------------------------------------------------------------------------
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 900, 100_000])
+def test_a_deeply_nested_config_json_is_an_invalid_config_not_a_recursion_error(model, depth):
+    (model / "config.json").write_text('{"model_type": "llama", "x": ' + _deep(depth) + "}")
+    with pytest.raises(InvalidConfigError, match="nested more than") as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert str(model / "config.json") in str(info.value)
+
+
+def test_a_deeply_nested_shard_index_is_a_weights_error(model):
+    (model / "model.safetensors.index.json").write_text('{"weight_map": ' + _deep(100_000) + "}")
+    with pytest.raises(WeightsCorruptError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert "model.safetensors.index.json" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "tokenizer.json"])
+def test_a_deeply_nested_tokenizer_json_is_a_tokenizer_error(model, name):
+    (model / name).write_text('{"x": ' + _deep(100_000) + "}")
+    with pytest.raises(TokenizerError) as info:
+        modelport.load(str(model))
+    assert name in str(info.value)
+
+
+def test_a_config_json_over_the_size_cap_is_refused_and_the_cap_can_be_raised(model, monkeypatch):
+    config = json.loads((model / "config.json").read_text())
+    config["padding"] = "x" * 4096
+    (model / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv(MAX_JSON_BYTES_ENV, "4000")
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert str(model / "config.json") in str(info.value) and MAX_JSON_BYTES_ENV in str(info.value)
+    monkeypatch.setenv(MAX_JSON_BYTES_ENV, "100000")
+    assert modelport.resolve(str(model), skip_tokenizer_init=True).facts.hidden_size == 64
+
+
+def test_the_default_size_cap_refuses_a_sparse_60_mib_config(model, monkeypatch):
+    monkeypatch.delenv(MAX_JSON_BYTES_ENV, raising=False)
+    with open(model / "config.json", "r+b") as handle:  # sparse: no 60 MiB written to disk
+        handle.truncate(DEFAULT_MAX_JSON_BYTES + 10 * 2**20)
+    start = time.perf_counter()
+    with pytest.raises(InvalidConfigError, match="bytes modelport reads"):
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_tokenizer_json_over_the_size_cap_is_a_tokenizer_error(model, monkeypatch):
+    monkeypatch.setenv(MAX_JSON_BYTES_ENV, "1000")
+    (model / "config.json").write_text((model / "config.json").read_text())  # under 1000 bytes
+    with pytest.raises((TokenizerError, InvalidConfigError)) as info:
+        modelport.load(str(model))
+    assert ".json" in str(info.value) and MAX_JSON_BYTES_ENV in str(info.value)
