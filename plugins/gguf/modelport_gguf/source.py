@@ -143,13 +143,13 @@ def classify(reference: str, options: LoadOptions) -> Decision[Source] | None:
             return Decision(
                 LocalSource(folder, reference, primary_file=chosen), f"quantisation {quant.upper()}: {chosen}"
             )
-        if _looks_like_repo(base):
+        if _looks_like_repo(base) and options.effective_hub == "hf":  # ModelScope ids: modelport-modelscope's
             return _hub(
                 reference, base, options, lambda files: choose_file(files, quant, base), f"quantisation {quant.upper()}"
             )
         return None
     match = _HUB_FILE.match(reference)
-    if match and not path.exists():
+    if match and not path.exists() and options.effective_hub == "hf":
         name = match["file"]
         return _hub(reference, match["repo"], options, lambda files: _named(files, name, reference), "the file named")
     return None

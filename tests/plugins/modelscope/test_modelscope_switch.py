@@ -87,3 +87,15 @@ def test_without_the_plugin_hub_modelscope_is_not_quietly_served_by_the_hugging_
     with pytest.raises(ReferenceNotFoundError):
         modelport.resolve("org/tiny", hub="modelscope")
     assert hub_server.requests == []
+
+
+def test_the_command_line_takes_hub_and_inspect_shows_the_modelscope_source(two_hubs, capsys):
+    from modelport.cli import main
+
+    assert main(["inspect", "org/tiny", "--hub", "modelscope", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["source"]["kind"] == "modelscope"
+    assert shown["source"]["location"] == "modelscope:org/tiny@master"
+    assert shown["options"]["hub"] == "modelscope"
+    assert main(["inspect", "org/tiny", "--hub", "github"]) == 1
+    assert "supported values: 'hf', 'modelscope'" in capsys.readouterr().err
