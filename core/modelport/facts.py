@@ -30,12 +30,14 @@ CONTEXT_LENGTH_KEYS = (
 #: Used when a config states no context length at all (vLLM's default).
 DEFAULT_MAX_MODEL_LEN = 2048
 #: RoPE types whose ``factor`` is not applied to the context length: their configs state the scaled
-#: length already (vLLM 0.32's list, plus the YaRN family below).
-UNSCALED_ROPE_TYPES = ("su", "longrope", "llama3")
+#: length already (vLLM 0.32's list, with the YaRN family below).
+UNSCALED_ROPE_TYPES = ("su", "longrope", "llama3", "deepseek_llama_scaling")
 #: YaRN and its vendor spellings. Since vLLM 0.32 (vllm-project/vllm#56446, aligning with
 #: transformers' ``_compute_yarn_parameters``) their ``factor`` never scales ``max_position_embeddings``,
 #: which YaRN configs state already scaled; before, plain ``yarn`` gave
-#: ``original_max_position_embeddings * factor`` and the vendor spellings multiplied the scaled length again.
+#: ``original_max_position_embeddings * factor`` and the vendor spellings multiplied the scaled length
+#: again. vLLM 0.32 lists ``yarn`` and ``deepseek_yarn`` and renames ``telechat3-yarn`` to ``yarn`` when
+#: it loads the config; all three are listed here.
 YARN_ROPE_TYPES = ("yarn", "deepseek_yarn", "telechat3-yarn")
 #: Architecture-name suffixes and the runner vLLM derives from them, in priority order.
 RUNNER_BY_SUFFIX = (
@@ -183,7 +185,7 @@ def _rope_parameter_sets(hf_text_config: Any) -> list[Mapping[str, Any]]:
     if not isinstance(params, Mapping) or not params:
         return []
     if all(isinstance(v, Mapping) for v in params.values()):  # per layer type (full_attention, sliding_attention...)
-        return list(params.values())
+        return [v for v in params.values() if v]  # a layer type without RoPE does not count (vLLM)
     return [params]
 
 
@@ -211,15 +213,15 @@ def _rope_factor(hf_text_config: Any) -> float:
     model_type = str(getattr(hf_text_config, "model_type", "") or "")
     if "gemma3" in model_type:
         return 1.0  # Gemma 3 states its RoPE-scaled length (128K) already
-    factor = 1.0
+    factor: float | None = 1.0
     for params in _rope_parameter_sets(hf_text_config):
         rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type in UNSCALED_ROPE_TYPES or rope_type in YARN_ROPE_TYPES:
+        if rope_type in UNSCALED_ROPE_TYPES or rope_type in YARN_ROPE_TYPES or "factor" not in params:
             continue
-        if params.get("factor") is not None:
-            # vLLM assumes every layer type shares one factor: the last one stated wins.
-            factor = _positive_number(params["factor"], "rope_parameters.factor")
-    return factor
+        # vLLM assumes every layer type shares one factor: the last one stated wins; a null one means 1.
+        value = params["factor"]
+        factor = None if value is None else _positive_number(value, "rope_parameters.factor")
+    return 1.0 if factor is None else factor
 
 
 def derived_max_model_len(

@@ -2,8 +2,12 @@
 
 The configs are transformers' own config classes (they normalise ``rope_scaling``
 into ``rope_parameters`` as vLLM's loader does). The expected numbers were worked
-out by hand from vLLM's code (vllm/config/model.py) and its YaRN change
-(vllm-project/vllm#56446): each test's name or docstring says what vLLM gives.
+out by hand from the source of the vllm 0.32.0 wheel on PyPI
+(``vllm/config/model.py``: ``_get_and_verify_max_len``;
+``vllm/transformers_utils/model_arch_config_convertor.py``: the keys), which
+carries the YaRN change of vllm-project/vllm#56446: each test's name or docstring
+says what vLLM gives. ``max_model_len=-1`` (vLLM's "fit to memory") and the
+speculative-decoding target length have no counterpart in modelport.
 """
 
 from __future__ import annotations
@@ -156,6 +160,28 @@ def test_yarn_vendor_spellings_are_not_scaled_again_vllm_032_gives_the_stated_le
         },
     )
     assert resolve_max_model_len(None, config) == stated
+
+
+def test_deepseek_llama_scaling_does_not_scale_vllm_gives_131072():
+    config = plain(
+        max_position_embeddings=131072,
+        rope_parameters={"rope_type": "deepseek_llama_scaling", "factor": 16.0, "rope_theta": 10000},
+    )
+    assert resolve_max_model_len(None, config) == 131072
+
+
+def test_a_null_factor_falls_back_to_one_vllm_gives_4096():
+    """vLLM warns about ``factor: null`` and multiplies by 1."""
+    config = plain(max_position_embeddings=4096, rope_parameters={"rope_type": "linear", "factor": None})
+    assert resolve_max_model_len(None, config) == 4096
+
+
+def test_a_layer_type_without_rope_does_not_count_vllm_gives_8192():
+    config = plain(
+        max_position_embeddings=4096,
+        rope_parameters={"full_attention": {"rope_type": "dynamic", "factor": 2.0}, "sliding_attention": {}},
+    )
+    assert resolve_max_model_len(None, config) == 8192
 
 
 def test_gemma3_states_the_scaled_length_vllm_gives_131072():

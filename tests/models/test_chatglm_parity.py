@@ -69,6 +69,7 @@ VARIANTS = [
     pytest.param({"multi_query_group_num": 1}, id="chatglm3-one-group"),
     pytest.param({"rope_ratio": 500.0, "seq_length": 128}, id="glm4-rope-ratio"),
     pytest.param({"multi_query_attention": False}, id="multi-head-interleaved-qkv"),
+    pytest.param({"original_rope": False}, id="cogagent-halves-rope"),
     pytest.param(
         {
             "rmsnorm": False,
@@ -152,18 +153,23 @@ def _norm(x, weight, bias, config):
 
 
 def _rope(x, config):
-    """x: [S, heads, d]. Pairs (2i, 2i+1) of the first d/2 dims turn by position * base^(-2i/(d/2))."""
+    """x: [S, heads, d]. Pairs (2i, 2i+1) of the first d/2 dims turn by position * base^(-2i/(d/2)).
+
+    With ``original_rope`` false (CogAgent), the pairs are (i, i + d/4) instead, as vLLM reads that flag.
+    """
     seq, _, d = x.shape
     n = d // 2
     base = 10000.0 * config.get("rope_ratio", 1.0)
+    adjacent = config.get("original_rope", True)
     out = x.clone()
     for pos in range(seq):
         for i in range(n // 2):
             angle = pos * base ** (-2.0 * i / n)
             c, s = math.cos(angle), math.sin(angle)
-            a, b = x[pos, :, 2 * i].clone(), x[pos, :, 2 * i + 1].clone()
-            out[pos, :, 2 * i] = a * c - b * s
-            out[pos, :, 2 * i + 1] = b * c + a * s
+            first, second = (2 * i, 2 * i + 1) if adjacent else (i, i + n // 2)
+            a, b = x[pos, :, first].clone(), x[pos, :, second].clone()
+            out[pos, :, first] = a * c - b * s
+            out[pos, :, second] = b * c + a * s
     return out
 
 

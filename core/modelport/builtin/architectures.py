@@ -1,9 +1,9 @@
 """Built-in plugin: pick an implementation from the architecture registry, and vLLM's alias names.
 
-vLLM's model registry (``vllm/model_executor/models/registry.py``, 0.32) lists
-several names for one implementation: legacy capitalisations
-(``LLaMAForCausalLM`` of the decapoda checkpoints, ``MPTForCausalLM``), the names
-forks gave a Llama (Aquila, Xverse) and a model's second name
+vLLM's model registry (``vllm/model_executor/models/registry.py`` of the vllm
+0.32.0 wheel) lists several names for one implementation: a legacy
+capitalisation (``LLaMAForCausalLM`` of the decapoda checkpoints,
+``ExaoneMoEForCausalLM``) or a model's second name
 (``ChatGLMForConditionalGeneration``). :data:`ARCHITECTURE_ALIASES` carries them;
 they are registered through the architecture hook (``register(alias, name,
 impl="alias")``), so that any plugin's implementation of the name they stand for
@@ -28,24 +28,19 @@ IMPL_PREFERENCE: dict[str, tuple[str, ...]] = {
 
 #: vLLM 0.32's alias names -> the architecture name they stand for (one implementation in vLLM).
 #:
-#: Only pure renames are carried. vLLM also maps ``InternLMForCausalLM`` and
-#: ``InternLM3ForCausalLM`` (a ``bias`` key the native Llama does not read), ``CwmForCausalLM``
-#: and ``Olmo3ForCausalLM`` (sliding-window layers), ``Cohere2ForCausalLM`` and
-#: ``DeepseekV32ForCausalLM`` (different layers) onto a shared class that reads those
-#: differences from the config; here that would run them with the wrong layers, so they
-#: stay unsupported until an implementation names them itself. ``RWForCausalLM`` was
-#: dropped by vLLM 0.28 (modelport-hf's falcon-refinedweb fix-up renames it).
+#: Only pure renames are carried. vLLM 0.32 also runs ``InternLM3ForCausalLM`` (a ``bias`` key the
+#: native Llama does not read), ``TeleChat3ForCausalLM`` and ``IQuestCoderForCausalLM`` as Llama,
+#: ``Ministral3ForCausalLM`` as Mistral, ``Cohere2ForCausalLM``, ``GraniteSWAForCausalLM``,
+#: ``GraniteMoeSWAForCausalLM`` and ``FalconMambaForCausalLM`` on the class of a sibling: one class
+#: that reads their differences (other RoPE, sliding windows, norms) from the config. Here that would
+#: run them with the wrong layers, so they stay with whatever implements their own name. The legacy
+#: names vLLM dropped before 0.32 (``AquilaForCausalLM``, ``XverseForCausalLM``, ``MPTForCausalLM``,
+#: ``StableLMEpochForCausalLM``, ``RWForCausalLM``... in its ``_PREVIOUSLY_SUPPORTED_MODELS``) are not
+#: carried either.
 ARCHITECTURE_ALIASES: dict[str, str] = {
     "LLaMAForCausalLM": "LlamaForCausalLM",  # decapoda-research/llama-*-hf
-    "AquilaModel": "LlamaForCausalLM",
-    "AquilaForCausalLM": "LlamaForCausalLM",  # AquilaChat2
-    "XverseForCausalLM": "LlamaForCausalLM",
-    "ChatGLMForConditionalGeneration": "ChatGLMModel",
-    "MPTForCausalLM": "MptForCausalLM",  # the remote code's capitalisation of transformers' class
-    "StableLMEpochForCausalLM": "StableLmForCausalLM",  # StableLM's remote-code era
-    "MiniMaxForCausalLM": "MiniMaxText01ForCausalLM",
-    "MiniMaxM1ForCausalLM": "MiniMaxText01ForCausalLM",
-    "TeleChatForCausalLM": "TeleChat2ForCausalLM",
+    "ChatGLMForConditionalGeneration": "ChatGLMModel",  # both name vLLM's ChatGLMForCausalLM
+    "ExaoneMoEForCausalLM": "ExaoneMoeForCausalLM",
 }
 
 

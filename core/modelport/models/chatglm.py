@@ -10,7 +10,9 @@ one follows the remote code's arithmetic, read from its published source:
   without, every head's query, key and value sit side by side;
 * rotary positions turn only the first half of each head, and turn adjacent pairs
   ``(x[2i], x[2i + 1])`` (not the two halves, as Llama does), with frequencies
-  ``(10000 * rope_ratio) ** (-2i / (head_dim / 2))``;
+  ``(10000 * rope_ratio) ** (-2i / (head_dim / 2))``; a config with
+  ``original_rope: false`` (CogAgent's) turns the two halves of that part instead,
+  as vLLM 0.32 reads it (``is_neox_style = not original_rope``);
 * the MLP is SwiGLU over one fused ``dense_h_to_4h`` (gate rows first);
 * RMSNorm (or LayerNorm when ``rmsnorm`` is false) before attention and the MLP, a
   final norm when ``post_layer_norm``; with
@@ -69,6 +71,7 @@ class ChatGLMShape:
         residual_post_norm: the residual is the normed input (``apply_residual_connection_post_layernorm``).
         post_layer_norm: a final norm before the output head.
         rope_base: the rotary base, ``10000 * rope_ratio``.
+        pairs: rotary turns adjacent pairs (``original_rope``, the default) rather than two halves.
         initializer_range: standard deviation for parameters no weight fills.
     """
 
@@ -87,6 +90,7 @@ class ChatGLMShape:
     residual_post_norm: bool
     post_layer_norm: bool
     rope_base: float
+    pairs: bool
     initializer_range: float
 
     @property
@@ -115,6 +119,15 @@ def _norm(shape: ChatGLMShape, dtype: torch.dtype) -> nn.Module:
     if shape.rmsnorm:
         return GLMRMSNorm(shape.hidden_size, shape.eps, dtype)
     return nn.LayerNorm(shape.hidden_size, eps=shape.eps, dtype=dtype)
+
+
+def rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Turn the first ``2 * cos.shape[-1]`` dimensions of ``x`` as two halves (``original_rope: false``)."""
+    rotary = 2 * cos.shape[-1]
+    turned, passed = x[..., :rotary], x[..., rotary:]
+    first, second = turned[..., : rotary // 2], turned[..., rotary // 2 :]
+    c, s = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.cat((first * c - second * s, second * c + first * s, passed), dim=-1)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -155,7 +168,8 @@ class SelfAttention(nn.Module):
             v = v.view(tokens, s.num_kv_heads, s.head_dim)
         else:
             q, k, v = mixed.view(tokens, s.num_heads, 3, s.head_dim).unbind(2)
-        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        rotate = rotate_pairs if s.pairs else rotate_halves
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         out = paged_attention(
             q, k.contiguous(), v.contiguous(), layer=self.layer, layout=layout, window=None, scale=s.head_dim**-0.5
         )
@@ -275,6 +289,7 @@ def chatglm_shape(hf_config: Any) -> ChatGLMShape:
         residual_post_norm=bool(getattr(hf_config, "apply_residual_connection_post_layernorm", False)),
         post_layer_norm=bool(getattr(hf_config, "post_layer_norm", True)),
         rope_base=_BASE * rope_ratio,
+        pairs=bool(getattr(hf_config, "original_rope", True)),
         initializer_range=float(getattr(hf_config, "initializer_range", 0.02)),
     )
 
