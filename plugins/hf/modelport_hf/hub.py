@@ -261,6 +261,11 @@ class HubSource(Source):
         """Every file of the repository at the pinned commit (offline without a cached listing: the cached ones)."""
         return list(self._files)
 
+    @property
+    def listing_complete(self) -> bool:
+        """Whether :meth:`list_files` is the whole repository (``False``: only the files in the cache are known)."""
+        return not self._partial_listing
+
     def exists(self, path: str) -> bool:
         """Whether the repository has ``path`` at the pinned commit (no request: the listing is in hand)."""
         return path in self._file_set

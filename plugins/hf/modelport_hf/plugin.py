@@ -105,6 +105,17 @@ def modelport_resolve_tokenizer(source: Source, hf_config: Any, options: LoadOpt
     if options.tokenizer_mode not in ("auto", "hf", "slow"):
         return None
     present = tuple(f for f in TOKENIZER_FILES if source.exists(f))
+    if not present and getattr(source, "offline", False) and getattr(source, "listing_complete", True) is False:
+        # Offline with only the cached files known: the files may well be in the repository, just not cached.
+        from modelport.errors import OfflineMissError
+
+        raise OfflineMissError(
+            source.reference,
+            ["tokenizer.json", "tokenizer_config.json"],
+            f"no tokenizer file ({', '.join(TOKENIZER_FILES)}) of {source.location} is in the cache, and the cache "
+            "holds no listing of that commit, so which of them the repository has is unknown; fetch them once "
+            "online, or pass skip_tokenizer_init=True",
+        )
     if not present:
         return None
     mode = "slow" if options.tokenizer_mode == "slow" else "hf"
