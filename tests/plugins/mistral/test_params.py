@@ -259,3 +259,12 @@ def test_the_corpus_model_resolves_to_vllms_model_config_facts(corpus, tmp_path)
     assert resolved.facts.vocab_size == facts["vocab_size"]
     assert resolved.facts.num_hidden_layers == facts["num_hidden_layers"]
     assert resolved.hf_text_config.sliding_window == facts["sliding_window"]
+
+
+def test_a_pixtral_folder_resolves_to_a_typed_architecture_error_naming_it(mistral_model):
+    from modelport.errors import UnsupportedArchitectureError
+
+    _, folder = mistral_model(params={"vision_encoder": {"hidden_size": 32, "image_size": 64, "patch_size": 16}})
+    with pytest.raises(UnsupportedArchitectureError) as caught:
+        modelport.resolve(str(folder))
+    assert "PixtralForConditionalGeneration" in str(caught.value)

@@ -151,3 +151,13 @@ def test_the_rope_permutation_is_the_inverse_of_the_kits_and_pairs_rows_per_head
     assert torch.equal(from_interleaved_rope(interleaved, heads), weight)
     # Head 0 in the interleaved layout: rows (0, 4), (1, 5)... of the half-split layout, side by side.
     assert [int(r) for r in interleaved[:8, 0] // width] == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_load_format_mistral_reads_the_consolidated_weights_under_an_hf_config(mistral_model):
+    hf, folder = mistral_model(same_folder=True)
+    loaded = modelport.load(str(folder), config_format="hf", load_format="mistral", dtype="float32")
+    assert loaded.resolved.config_format == "hf"
+    assert loaded.resolved.weight_files.files == ("consolidated.safetensors",)
+    assert loaded.weights.missing == () and loaded.weights.unexpected == ()
+    original = modelport.load(str(hf), config_format="hf", dtype="float32", skip_tokenizer_init=True)
+    assert torch.equal(_logits(loaded), _logits(original))
