@@ -13,6 +13,7 @@ tied weights are tied, the same steps in the same order as transformers'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -274,6 +275,7 @@ class TransformersModel:
                 + (", ..." if len(still_meta) > 8 else "")
             )
         self._ready = True
+        _use_modelport_linear(module)
         return missing
 
 
@@ -310,6 +312,48 @@ class SequenceCaches:
                 f"the sequence starting at block {key} has {held} cached token(s), the batch says {context_len}"
             )
         return cache
+
+
+def _use_modelport_linear(module: Any) -> None:
+    """Run the module's float32 CPU ``nn.Linear`` layers through core's linear kernel (oneDNN where it works).
+
+    The layers keep their class's parameters and names (their class becomes a
+    subclass of ``nn.Linear``); only the kernel changes, to the one core's
+    native models use (:mod:`modelport.models.linear`), which agrees with
+    ``F.linear`` to float32 rounding and is faster on the CPU.
+    """
+    import torch
+
+    try:
+        from modelport.models.linear import onednn_linear_works
+    except ImportError:  # a core without its own linear kernel
+        return
+    for layer in module.modules():
+        if (
+            type(layer) is torch.nn.Linear
+            and layer.weight.dtype is torch.float32
+            and layer.weight.device.type == "cpu"
+            and onednn_linear_works()
+        ):
+            layer.__class__ = _core_linear_class()
+
+
+@functools.cache
+def _core_linear_class() -> Any:
+    import torch
+
+    from modelport.models.linear import linear
+
+    class CoreLinear(torch.nn.Linear):
+        """``nn.Linear`` whose forward is core's :func:`modelport.models.linear.linear`, over any leading dimensions."""
+
+        def forward(self, x: Any) -> Any:
+            """``x @ weight.T + bias``."""
+            if x.dim() == 2:
+                return linear(x, self.weight, self.bias)
+            return linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias).reshape(*x.shape[:-1], -1)
+
+    return CoreLinear
 
 
 def _checkpoint_renamer(module: Any, expected: dict[str, Any]) -> Any:

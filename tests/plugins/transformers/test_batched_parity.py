@@ -112,6 +112,10 @@ def write_tiny_model(path: Path, architecture: str, seed: int = 0) -> Path:
         dtype="float32",
         **fields,
     )
+    # Wider than the default initialisation, so that random logits have no near-ties for rounding to flip.
+    for spread in ("initializer_range", "init_std"):
+        if hasattr(config, spread):
+            setattr(config, spread, 0.1)
     torch.manual_seed(seed)
     getattr(transformers, model_name)(config).eval().save_pretrained(path)
     return path

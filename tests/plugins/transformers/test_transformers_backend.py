@@ -99,7 +99,8 @@ def test_end_to_end_logits_equal_transformers(tiny_model, monkeypatch):
     assert loaded.weights.missing == () and loaded.weights.unexpected == ()
     ids = loaded.tokenizer("The quick brown fox", return_tensors="pt").input_ids
     expected = AutoModelForCausalLM.from_pretrained(folder).eval()(ids).logits
-    assert torch.equal(loaded.model.forward(ids), expected)
+    # Equal to float32 rounding: float32 linear layers run on core's kernel (oneDNN), not MKL's sgemm.
+    assert (loaded.model.forward(ids) - expected).abs().max() < 1e-5
 
 
 def test_native_only_without_native_implementation_names_the_option(tiny_model, monkeypatch):
