@@ -344,7 +344,8 @@ class CPUExecutor:
         if params.logprobs is not None:
             logprobs = torch.log_softmax(raw, dim=-1)
             chosen = float(logprobs[token])
-            top = torch.topk(logprobs, params.logprobs).indices.tolist() if params.logprobs else []
+            count = min(self.vocab_size, logprobs.numel()) if params.logprobs == -1 else params.logprobs
+            top = torch.topk(logprobs, count).indices.tolist() if count else []
             entry = {}
             for tid in [*top, token]:
                 lp = float(logprobs[tid])

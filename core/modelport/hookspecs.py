@@ -70,10 +70,13 @@ def modelport_classify_reference(reference: str, options: LoadOptions) -> Source
 
 @hookspec
 def modelport_register_config_formats(register: Callable[..., None]) -> None:
-    """Register config format names (``register(name, description="")``).
+    """Register config format names (``register(name, description="", default_dtype=None)``).
 
     The names are the valid values of the ``config_format`` option besides
-    ``auto``. Called once when the registry is built.
+    ``auto``. Called once when the registry is built. ``default_dtype`` (a torch
+    dtype name such as ``"float32"``) is the dtype a model of this format runs in
+    with ``dtype="auto"``, instead of the checkpoint rule (float32 becomes
+    bfloat16): a format whose models were trained and checked in float32 says so.
     """
 
 
@@ -164,9 +167,11 @@ def modelport_register_architectures(register: Callable[..., None]) -> None:
 
 @hookspec(firstresult=True)
 def modelport_select_architecture(  # type: ignore[empty-body]
-    hf_config: PretrainedConfig, model_impl: str, registry: Registry
+    hf_config: PretrainedConfig, model_impl: str, registry: Registry, config_format: str
 ) -> ArchitectureChoice | None:
     """Pick the implementation for ``hf_config`` given the ``model_impl`` option.
+
+    ``config_format`` is the format the config came from (``hf``, ``gguf``...).
 
     Core's registry lookup is a ``trylast`` implementation (native first when
     ``model_impl == "auto"``); a backend that can serve any architecture
@@ -191,7 +196,7 @@ def modelport_register_tokenizer_modes(register: Callable[..., None]) -> None:
 
 @hookspec(firstresult=True)
 def modelport_resolve_tokenizer(  # type: ignore[empty-body]
-    source: Source, hf_config: PretrainedConfig, options: LoadOptions
+    source: Source, hf_config: PretrainedConfig, options: LoadOptions, config_format: str
 ) -> TokenizerSpec | None:
     """Decide which tokenizer will be loaded, without loading it.
 
@@ -199,6 +204,8 @@ def modelport_resolve_tokenizer(  # type: ignore[empty-body]
         source: the tokenizer's source (the ``tokenizer`` option's, or the model's).
         hf_config: the patched config.
         options: the load options (``tokenizer_mode``, ``tokenizer_revision``...).
+        config_format: the model's config format, so a format's own tokenizer
+            answers for its models only.
 
     Returns:
         A :class:`~modelport.types.TokenizerSpec` or ``None``. Stops at the
@@ -207,8 +214,15 @@ def modelport_resolve_tokenizer(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def modelport_load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any | None:
+def modelport_load_tokenizer(
+    spec: TokenizerSpec, options: LoadOptions, config_format: str, hf_config: PretrainedConfig
+) -> Any | None:
     """Build the tokenizer object that ``spec`` describes.
+
+    ``config_format`` and ``hf_config`` are the model's (a tokenizer may need the
+    vocabulary size or special token ids the config states). The object keeps the
+    tokenizer protocol (``encode``, ``decode``, ``eos_token_id``, ``all_special_ids``;
+    see ``modelport.testing.check_tokenizer``).
 
     Returns:
         The tokenizer, or ``None`` if this plugin does not handle ``spec.mode``.
@@ -243,9 +257,11 @@ def modelport_select_weight_files(  # type: ignore[empty-body]
 
 @hookspec(firstresult=True)
 def modelport_iter_weights(  # type: ignore[empty-body]
-    weights: WeightFiles, hf_config: PretrainedConfig, options: LoadOptions
+    weights: WeightFiles, hf_config: PretrainedConfig, options: LoadOptions, config_format: str
 ) -> Iterator[tuple[str, Any]] | None:
     """Stream ``(name, tensor)`` pairs from the files ``weights`` names.
+
+    ``config_format`` is the model's config format (weight layouts follow formats).
 
     Returns:
         An iterator, or ``None`` if this plugin does not read

@@ -252,15 +252,26 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
         config_format = opts.config_format
         trace.record("format", "modelport", config_format, "given by config_format option", 0.0)
 
-    answer = run.ask(
-        "config",
-        "modelport_parse_config",
-        lambda c: f"{type(c).__name__} (model_type={getattr(c, 'model_type', None)!r})",
-        source=config_source,
-        config_format=config_format,
-        options=opts,
-        registry=registry,
-    )
+    try:
+        answer = run.ask(
+            "config",
+            "modelport_parse_config",
+            lambda c: f"{type(c).__name__} (model_type={getattr(c, 'model_type', None)!r})",
+            source=config_source,
+            config_format=config_format,
+            options=opts,
+            registry=registry,
+        )
+    except ReferenceNotFoundError as exc:
+        if opts.config_format == "auto" or not Path(config_source.location).exists():
+            raise
+        # The reference exists (a single file, say): it is the given format's files that are not there.
+        raise UnsupportedFormatError(
+            config_source.location,
+            registry.names("config_format"),
+            f"config_format={config_format!r} was given, but its files are not there: "
+            + (exc.args[0].split(": ", 1)[-1] if exc.args else ""),
+        ) from exc
     if answer.value is None:
         raise UnsupportedFormatError(
             config_source.location, registry.names("config_format"), f"no installed plugin parses {config_format!r}"
@@ -294,7 +305,8 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     _check_architectures(hf_config, config_source.location)  # again: overrides and patches may have set it
     start = time.perf_counter()
     hf_text = text_config(hf_config)
-    dtype = resolve_dtype(opts.dtype, hf_config, device=opts.device)
+    format_dtype = _format_default_dtype(registry, config_format) if opts.dtype == "auto" else None
+    dtype = format_dtype or resolve_dtype(opts.dtype, hf_config, device=opts.device)
     try:
         max_len = resolve_max_model_len(opts.max_model_len, hf_text)
         facts = model_facts(hf_config, hf_text)
@@ -306,7 +318,12 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
         "facts",
         "modelport",
         f"dtype={dtype}, max_model_len={max_len}, head_dim={facts.head_dim}, num_kv_heads={facts.num_kv_heads}",
-        "dtype from option or checkpoint; length from config keys and RoPE scaling, capped by max_model_len",
+        (
+            f"dtype {format_dtype}: the {config_format!r} format's default"
+            if format_dtype
+            else "dtype from option or checkpoint"
+        )
+        + "; length from config keys and RoPE scaling, capped by max_model_len",
         time.perf_counter() - start,
     )
 
@@ -317,15 +334,10 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
         hf_config=hf_config,
         model_impl=opts.model_impl,
         registry=registry,
+        config_format=config_format,
     )
     if answer.value is None:
-        other = [m for m in ("native", "transformers") if m != opts.model_impl and opts.model_impl != "auto"]
-        hint = (
-            f"try model_impl={other[0]!r}"
-            if other
-            else "install a plugin that implements it "
-            "(modelport-transformers serves any architecture transformers knows)"
-        )
+        hint = _architecture_hint(run, hf_config)
         raise UnsupportedArchitectureError(
             getattr(hf_config, "architectures", None) or [], opts.model_impl, registry.names("architecture"), hint
         )
@@ -419,6 +431,36 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     )
 
 
+def _format_default_dtype(registry: Registry, config_format: str) -> str | None:
+    """The dtype a config format registered as its models' own (``register(name, default_dtype=...)``), if any."""
+    entry = registry.lookup("config_format", config_format)
+    value = entry.extra.get("default_dtype") if entry is not None else None
+    return str(value) if value else None
+
+
+def _architecture_hint(run: _Run, hf_config: Any) -> str:
+    """What to do when no implementation serves the config: the likeliest fix first."""
+    opts = run.options
+    auto_map = getattr(hf_config, "auto_map", None)
+    if isinstance(auto_map, Mapping) and auto_map and not opts.trust_remote_code:
+        classes = ", ".join(sorted(str(v) for v in auto_map.values()))
+        return (
+            f"the repository's own code implements it (auto_map: {classes}), which runs only with "
+            "trust_remote_code=True and the Transformers backend (modelport-transformers)"
+        )
+    if opts.model_impl == "transformers" and "modelport-transformers" not in run.host.plugins:
+        names = getattr(hf_config, "architectures", None) or []
+        native = any(e.extra.get("impl") == "native" for n in names for e in run.registry.architectures(n))
+        return "model_impl='transformers' needs the Transformers backend: install modelport-transformers" + (
+            ", or try model_impl='native'" if native else ""
+        )
+    if opts.model_impl == "native":
+        return "try model_impl='transformers'"
+    if opts.model_impl == "transformers":
+        return "try model_impl='native'"
+    return "install a plugin that implements it (modelport-transformers serves any architecture transformers knows)"
+
+
 def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> LoadedModel:
     """Resolve ``reference``, build its model, stream its weights in, load its tokenizer.
 
@@ -447,6 +489,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         weights=resolved.weight_files,
         hf_config=resolved.hf_config,
         options=opts,
+        config_format=resolved.config_format,
     )
     if answer.value is None:
         raise WeightsMissingError(
@@ -475,6 +518,8 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
             lambda t: type(t).__name__,
             spec=resolved.tokenizer,
             options=opts,
+            config_format=resolved.config_format,
+            hf_config=resolved.hf_config,
         )
         if answer.value is None:
             raise TokenizerError(

@@ -15,6 +15,9 @@ from typing import Any
 from modelport.errors import PluginError
 from modelport.types import ConfigPatch, RegistryEntry
 
+#: The dtypes a config format may register as its models' default (``register(name, default_dtype=...)``).
+FORMAT_DTYPES = ("float32", "float16", "bfloat16")
+
 #: The ``impl`` that registers an architecture alias: ``register(alias, "OtherName", impl="alias")``.
 ALIAS_IMPL = "alias"
 #: The registry kind of those aliases.
@@ -112,6 +115,22 @@ class Registry:
                 self.entries.append(RegistryEntry(kind, name, plugin, target, description, {"impl": impl}))
 
             return register_architecture
+
+        if kind == "config_format":
+
+            def register_config_format(name: str, description: str = "", default_dtype: str | None = None) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(plugin, f"config_format name must be a non-empty string, got {name!r}")
+                if default_dtype not in (None, *FORMAT_DTYPES):
+                    raise PluginError(
+                        plugin,
+                        f"config format {name!r}: default_dtype must be one of {', '.join(FORMAT_DTYPES)} "
+                        f"or None, got {default_dtype!r}",
+                    )
+                extra = {"default_dtype": default_dtype} if default_dtype else {}
+                self.entries.append(RegistryEntry(kind, name, plugin, None, description, extra))
+
+            return register_config_format
 
         def register_name(name: str, description: str = "") -> None:
             if not isinstance(name, str) or not name:

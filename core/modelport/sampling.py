@@ -40,7 +40,8 @@ class SamplingParams:
         stop: strings that end the output (not included in it).
         stop_token_ids: token ids that end the output (included in ``token_ids``, not in ``text``).
         logprobs: return the log-probabilities of this many most likely tokens per step,
-            plus the chosen one (``None``: none).
+            plus the chosen one (``None``: none; ``-1``: every token of the vocabulary,
+            as vLLM allows: the full distribution, the logits up to a constant per step).
         ignore_eos: keep going past the end-of-sequence token.
     """
 
@@ -75,8 +76,8 @@ class SamplingParams:
             raise bad("repetition_penalty", "expected a finite number > 0 (1 is off)")
         if self.seed is not None and (not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64):
             raise bad("seed", "expected an integer from -2**63 to 2**64 - 1, or None")
-        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
-            raise bad("logprobs", f"expected an integer from 0 to {MAX_LOGPROBS}, or None")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not -1 <= self.logprobs <= MAX_LOGPROBS):
+            raise bad("logprobs", f"expected an integer from 0 to {MAX_LOGPROBS}, -1 for the whole vocabulary, or None")
         stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         if any(not isinstance(s, str) or not s for s in stops):
             raise bad("stop", "expected a non-empty string or a list of them")

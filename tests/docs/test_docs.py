@@ -199,7 +199,8 @@ def _callback_signature(callback: Callable[..., Any]) -> str:
         if parameter.default is inspect.Parameter.empty:
             parts.append(parameter.name)
         else:
-            parts.append(f"{parameter.name}={json.dumps(parameter.default)}")
+            default = parameter.default
+            parts.append(f"{parameter.name}={json.dumps(default) if isinstance(default, str) else repr(default)}")
     return f"register({', '.join(parts)})"
 
 
@@ -287,6 +288,37 @@ def test_every_error_is_documented():
     assert sorted(documented - set(errors.__all__)) == [], "errors.md documents errors that do not exist"
     [tree] = [code for _, code, marker in code_blocks(text) if marker == "error-tree"]
     assert tree == _error_tree(), "the hierarchy in errors.md differs from modelport.errors"
+
+
+def _constructor(cls: type) -> str:
+    """``Name(a, b=default, *, c=None)`` as errors.md lists it; ``Name(message)`` for a plain exception."""
+    if cls.__init__ is Exception.__init__:  # type: ignore[misc]
+        return f"{cls.__name__}(message)"
+    parts: list[str] = []
+    for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in parts:
+            parts.append("*")
+        default = parameter.default
+        parts.append(parameter.name if default is parameter.empty else f"{parameter.name}={default!r}")
+    return f"{cls.__name__}({', '.join(parts)})"
+
+
+def test_every_error_constructor_is_listed_with_its_arguments():
+    from modelport import errors
+
+    [block] = [code for _, code, marker in code_blocks(page("errors.md")) if marker == "error-constructors"]
+    expected = "".join(_constructor(getattr(errors, name)) + "\n" for name in sorted(errors.__all__))
+    assert block == expected, "the constructors in errors.md differ from modelport.errors"
+
+
+def test_the_tokenizer_protocol_lists_every_member_the_checker_checks():
+    from modelport.testing.plugin_checks import CHAT_MEMBERS, TOKENIZER_MEMBERS
+
+    members = {
+        (backticked(row[0]) or "").split("(")[0]
+        for row in table_rows(section(page("plugin-guide.md"), "The tokenizer protocol"))
+    }
+    assert sorted({*TOKENIZER_MEMBERS, *CHAT_MEMBERS} - members) == []
 
 
 def _documented_names(name: str, title: str) -> list[str | None]:

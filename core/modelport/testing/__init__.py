@@ -26,13 +26,14 @@ from modelport.testing.hosts import isolated_host, registered_plugin
 from modelport.testing.hub_server import HubServer
 from modelport.testing.models import TINY_ARCHITECTURES, make_tiny_model, make_tokenizer
 from modelport.testing.modelscope_server import ModelScopeServer
-from modelport.testing.plugin_checks import describe_installed, modules_imported_by_loading
+from modelport.testing.plugin_checks import check_tokenizer, describe_installed, modules_imported_by_loading
 
 __all__ = [
     "TINY_ARCHITECTURES",
     "HubServer",
     "ModelScopeServer",
     "PluginDistribution",
+    "check_tokenizer",
     "describe_installed",
     "isolated_host",
     "make_plugin_distribution",
