@@ -35,7 +35,7 @@ from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
 from modelport.models.linear import Linear, linear
 from modelport.models.protocol import SequenceBatch
-from modelport.models.rope import RotaryEmbedding, Rotation
+from modelport.models.rope import RotaryEmbedding, Rotation, rope_parameters
 from modelport.pipeline import WeightReport
 from modelport.weight_checks import check_weight_fits
 
@@ -235,6 +235,26 @@ class LlamaForCausalLM(nn.Module):
         )
 
     # --- building ---------------------------------------------------------------------
+
+    @classmethod
+    def unsupported_reason(cls, hf_config: Any) -> str | None:
+        """Why this implementation declines ``hf_config`` (a feature it lacks), or ``None`` if it serves it.
+
+        It declines RoPE types or per-layer-type RoPE parameters
+        :mod:`modelport.models.rope` does not implement, and activations
+        outside :data:`ACTIVATIONS`; with ``model_impl="auto"`` another
+        implementation (the Transformers backend) then serves the config.
+        """
+        try:
+            rope_parameters(hf_config)
+        except InvalidConfigError as exc:
+            if (exc.field or "").startswith("rope_parameters"):
+                return exc.detail
+            raise
+        act = getattr(hf_config, "hidden_act", "silu")
+        if act not in ACTIVATIONS:
+            return f"hidden_act {act!r} is not implemented; supported: {', '.join(ACTIVATIONS)}"
+        return None
 
     @classmethod
     def decoder_shape(cls, hf_config: Any) -> DecoderShape:
