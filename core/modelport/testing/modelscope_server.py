@@ -31,7 +31,8 @@ grant (tokens arrive as ``Authorization: Bearer`` or the ``m_session_id`` cookie
 Repositories are :class:`ModelScopeRepo` (a :class:`~modelport.testing.hub_server.HubRepo`
 whose default branch is ``master``, as on ModelScope): commits, branches and tags.
 Faults are injected per file: :meth:`ModelScopeServer.fail` answers N requests
-with an error status, :meth:`ModelScopeServer.pause` stalls a body halfway (to make
+with an error status, :meth:`ModelScopeServer.cut` sends part of a body and drops
+the connection, :meth:`ModelScopeServer.pause` stalls a body halfway (to make
 downloads overlap). Every request is recorded
 (:attr:`ModelScopeServer.requests`, the token never) so tests can assert "fetched
 once", "never fetched" and "no request at all";
@@ -144,6 +145,7 @@ class _Fault:
     times: int
     status: int = 0
     pause: float = 0.0
+    cut_after: int | None = None
 
     def matches(self, kind: str, repo_id: str | None, filename: str | None) -> bool:
         return (
@@ -392,6 +394,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method != "GET":
             return status, 0
+        if fault is not None and fault.cut_after is not None:
+            part = body[: fault.cut_after]
+            self.wfile.write(part)
+            self.wfile.flush()
+            # Drop the connection mid-body: the client sees a short read (a network failure).
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return status, len(part)
         if fault is not None and fault.pause:
             half = len(body) // 2
             self.wfile.write(body[:half])
@@ -495,6 +508,11 @@ class ModelScopeServer:
         """Answer the next ``times`` requests of ``kind`` (``file``, ``files``...) for ``filename`` with ``status``."""
         with self._state.lock:
             self._state.faults.append(_Fault(filename, kind, repo_id, times, status=status))
+
+    def cut(self, filename: str, *, after: int, times: int = 1, repo_id: str | None = None) -> None:
+        """For the next ``times`` GETs of ``filename``, send ``after`` body bytes then drop the connection."""
+        with self._state.lock:
+            self._state.faults.append(_Fault(filename, "file", repo_id, times, cut_after=after))
 
     def pause(self, filename: str, *, seconds: float, times: int = 1, repo_id: str | None = None) -> None:
         """For the next ``times`` GETs of ``filename``, stall ``seconds`` halfway through the body."""
