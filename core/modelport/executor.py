@@ -77,6 +77,133 @@ class BlockAllocator:
         self._free.extend(blocks)
 
 
+def _cpu_wait_ns() -> int | None:
+    """Nanoseconds this process's threads have spent runnable but waiting for a CPU; ``None`` off Linux.
+
+    The second field of ``/proc/self/task/<tid>/schedstat`` (time on a run queue), summed over the threads.
+    """
+    import os
+
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as stats:
+                total += int(stats.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def _idle_cpus() -> int | None:
+    """CPUs of this process's affinity that no other runnable task occupies now (Linux ``/proc/loadavg``)."""
+    import os
+
+    try:
+        with open("/proc/loadavg", "rb") as loadavg:
+            running = int(loadavg.read().split()[3].split(b"/")[0])
+        cpus = len(os.sched_getaffinity(0))
+    except (OSError, IndexError, ValueError, AttributeError):
+        return None
+    return max(1, cpus - (running - 1))  # the reading thread is one of the running
+
+
+class ThreadGovernor:
+    """Chooses how many torch threads each step runs with, so that a busy machine does not stall the steps.
+
+    A step is a few hundred parallel regions, each ending in a barrier that
+    waits for every thread of the team. When other processes compete for the
+    cores, a thread of the team is often descheduled, and every barrier waits a
+    scheduler time slice for it: with 2 threads on 2 busy cores a step becomes
+    several times slower than with 1. The governor measures how long this
+    process's threads waited for a CPU during each step (Linux ``schedstat``)
+    and, when that is more than ``threshold`` of the step's thread time, runs
+    the next steps with fewer threads (about that share fewer, at least one).
+    Now and then (every ``probe_every`` steps, backing off to 64 after failed
+    probes, and not while ``/proc/loadavg`` counts no idle CPU, four times at
+    most in a row) it tries more again, up to the count torch is set to
+    (``torch.set_num_threads``), which it restores after every step. The first
+    step runs with the CPUs ``/proc/loadavg`` counts idle. Where ``schedstat``
+    is not readable it changes nothing.
+
+    Args:
+        threshold: the share of waiting time above which a thread is dropped.
+        probe_every: steps between attempts to add a thread back.
+    """
+
+    def __init__(self, threshold: float = 0.15, probe_every: int = 8) -> None:
+        self.threshold = threshold
+        self.probe_every = probe_every
+        self.threads: int | None = None  # the count the next step runs with; None: torch's own
+        self._interval = probe_every
+        self._countdown = probe_every
+        self._probing = False
+        self._before_probe = 0
+        self._skipped = 0
+        self._started = False
+        self.enabled = _cpu_wait_ns() is not None
+
+    def run(self, work: Any) -> Any:
+        """Call ``work()`` under the chosen thread count; measure the waiting; adjust for the next step."""
+        if not self.enabled:
+            return work()
+        import time
+
+        import torch
+
+        ceiling = torch.get_num_threads()
+        if self.threads is None and not self._started:
+            self.threads = _idle_cpus()  # a first guess, before any step was measured
+        self._started = True
+        threads = max(1, min(self.threads or ceiling, ceiling))
+        if threads != ceiling:
+            torch.set_num_threads(threads)
+        waited, started = _cpu_wait_ns(), time.perf_counter_ns()
+        try:
+            return work()
+        finally:
+            elapsed = time.perf_counter_ns() - started
+            after = _cpu_wait_ns()
+            if threads != ceiling:
+                torch.set_num_threads(ceiling)
+            if waited is not None and after is not None and elapsed > 0:
+                self._adjust(threads, ceiling, (after - waited) / (elapsed * threads))
+
+    def _adjust(self, threads: int, ceiling: int, share: float) -> None:
+        busy = share > self.threshold
+        if self._probing:
+            self._probing = False
+            if busy:  # the extra threads did not pay: back off, probe less often
+                self.threads = self._before_probe
+                self._interval = min(self._interval * 2, 64)
+            else:
+                self._interval = self.probe_every
+            self._countdown = self._interval
+            return
+        if busy and threads > 1:
+            # Drop about the share of thread time spent waiting (at least one thread).
+            self.threads = max(1, threads - max(1, round(threads * share)))
+            self._countdown = self._interval
+        elif threads < ceiling:
+            self._countdown -= 1
+            if self._countdown > 0:
+                return
+            idle = _idle_cpus()
+            if idle is not None and idle <= threads and self._skipped < 4:
+                # No CPU looks free now: a probe would only stall a step; look again later.
+                self._skipped += 1
+                self._countdown = self._interval
+                return
+            self._skipped = 0
+            self._before_probe, self._probing = threads, True
+            self.threads = min(ceiling, max(threads + 1, threads * 3 // 2))
+        else:
+            self.threads = None
+
+
 @dataclass(eq=False)  # identity: the scheduler looks requests up in lists every step
 class _Request:
     request_id: str
@@ -163,6 +290,8 @@ class CPUExecutor:
         self.running: list[_Request] = []
         self._failed: list[_Request] = []
         self.steps = 0
+        #: Picks each step's torch thread count from how long the threads waited for a CPU.
+        self.threads = ThreadGovernor()
 
     # --- requests -------------------------------------------------------------------
 
@@ -302,7 +431,7 @@ class CPUExecutor:
             block_tables=[list(r.blocks) for r, _ in scheduled],
         )
         with torch.inference_mode():
-            logits = self.model.forward(batch, self.kv_cache).float()
+            logits = self.threads.run(lambda: self.model.forward(batch, self.kv_cache)).float()
         self.steps += 1
         for request, count in scheduled:
             request.num_computed += count
