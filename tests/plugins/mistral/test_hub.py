@@ -72,3 +72,14 @@ def test_the_hub_model_gives_the_logits_of_the_local_hf_folder(both_layouts, hub
     local = modelport.load(str(both_layouts), config_format="hf", dtype="float32", skip_tokenizer_init=True)
     assert remote.resolved.config_format == "mistral" and local.resolved.config_format == "hf"
     assert torch.equal(logits(remote), logits(local))
+
+
+def test_a_cached_mistral_repository_loads_offline_without_a_network_call(both_layouts, hub_server):
+    online = modelport.load("org/both", dtype="float32")
+    hub_server.clear_requests()
+    with hub_server.forbid_connections() as attempts:
+        offline = modelport.load("org/both", dtype="float32", offline=True)
+    assert attempts == [] and hub_server.requests == []
+    assert offline.resolved.config_format == "mistral" and offline.resolved.tokenizer.mode == "mistral"
+    assert offline.resolved.source.revision == online.resolved.source.revision
+    assert offline.tokenizer.encode("Hello world") == online.tokenizer.encode("Hello world")
