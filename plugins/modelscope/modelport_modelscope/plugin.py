@@ -32,8 +32,12 @@ _FILE_REFERENCE = re.compile(r"^(?P<repo>[^/:]+/[^/:]+)/(?P<file>[^:]+\.gguf)$",
 def modelport_classify_reference(reference: str, options: LoadOptions) -> Decision[Source] | None:
     """A ModelScope id (``owner/name``, or a GGUF file of one) that is not a local path, when the hub is ``modelscope``.
 
-    ``tryfirst`` so that the id is ModelScope's before modelport-hf sees it; an
-    existing local path is left to core's local source.
+    ``tryfirst``, like modelport-gguf's, for ``owner/name/file.gguf``: core's local
+    source (``tryfirst`` too, and asked after entry-point plugins, which register
+    after the built-ins) rejects a reference with two slashes as a missing path. An
+    existing local path is left to core. No order between plugins matters:
+    modelport-hf and modelport-gguf pass on repository ids unless the effective hub
+    is ``hf``, and this plugin passes unless it is ``modelscope``.
     """
     if options.effective_hub != "modelscope" or Path(reference).expanduser().exists():
         return None
