@@ -175,7 +175,12 @@ def adapt_params(
     if moe:
         if not isinstance(moe, Mapping):
             raise InvalidConfigError(where, "expected an object", field="moe", value=moe)
-        if (moe.get("num_shared_experts") or 0) > 0:
+        shared = moe.get("num_shared_experts")
+        if shared is not None and (isinstance(shared, bool) or not isinstance(shared, int) or shared < 0):
+            raise InvalidConfigError(
+                where, "expected a non-negative integer", field="moe.num_shared_experts", value=shared
+            )
+        if shared:
             raise InvalidConfigError(
                 where,
                 "shared experts (Mistral Large 3, a DeepSeek-V3 layout) are not supported by modelport-mistral",
@@ -225,7 +230,7 @@ def _yarn(yarn: Any, theta: float, where: str) -> dict[str, Any]:
         name, cast = _YARN_KEYS[key]
         try:
             rope[name] = cast(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidConfigError(where, "expected a number", field=f"yarn.{key}", value=value) from exc
     return rope
 
@@ -240,8 +245,12 @@ def _sliding_window(window: Any, layers: int, where: str) -> dict[str, Any]:
             raise InvalidConfigError(where, "expected a positive integer", field="sliding_window", value=window)
         return {"sliding_window": window, "layer_types": ["sliding_attention"] * layers}
     if isinstance(window, list) and window:
+        if any(w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0) for w in window):
+            raise InvalidConfigError(
+                where, "a per-layer list holds positive window sizes and nulls", field="sliding_window", value=window
+            )
         sizes = {w for w in window if w is not None}
-        if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in sizes) or len(sizes) > 1:
+        if len(sizes) > 1:
             raise InvalidConfigError(
                 where,
                 "a per-layer list holds one window size and nulls (full attention)",
@@ -304,3 +313,20 @@ def build_config(fields: Mapping[str, Any], folder: str = "") -> Any:
         config.quantization_config = quantization
     config._name_or_path = folder
     return config
+
+
+def config_from_params(
+    params: Mapping[str, Any], where: str, *, hf_max_position_embeddings: int | None = None, folder: str = ""
+) -> tuple[Any, list[str]]:
+    """:func:`adapt_params` then :func:`build_config`; whatever transformers refuses is an ``InvalidConfigError``.
+
+    Returns:
+        ``(config, unknown keys)``.
+    """
+    fields, unknown = adapt_params(params, where, hf_max_position_embeddings=hf_max_position_embeddings)
+    try:
+        return build_config(fields, folder), unknown
+    except Exception as exc:  # transformers' config classes raise many types; all mean "this file is wrong"
+        raise InvalidConfigError(
+            where, f"transformers could not build the config: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -54,7 +54,7 @@ def modelport_parse_config(source: Source, config_format: str, options: LoadOpti
     if config_format != FORMAT:
         return None
     from modelport_hf.config import read_config_json
-    from modelport_mistral.params import adapt_params, build_config
+    from modelport_mistral.params import config_from_params
 
     layout = find_layout(source)
     if not layout.has_params:
@@ -67,8 +67,8 @@ def modelport_parse_config(source: Source, config_format: str, options: LoadOpti
     hf_max = None
     if "max_position_embeddings" not in params and source.exists("config.json"):
         hf_max = _hf_max_position_embeddings(source)
-    fields, unknown = adapt_params(params, where, hf_max_position_embeddings=hf_max)
-    config = build_config(fields, str(source.fetch(PARAMS).parent))
+    folder = str(source.fetch(PARAMS).parent)
+    config, unknown = config_from_params(params, where, hf_max_position_embeddings=hf_max, folder=folder)
     reason = "params.json adapted as vLLM does"
     if hf_max is not None:
         reason += f"; max_position_embeddings={hf_max} from config.json"
