@@ -1,14 +1,17 @@
 """Dequantisation of ggml tensor data in torch, vectorised over blocks.
 
 Each ``_dq_*`` function takes the raw blocks of one type as a ``uint8``
-tensor of shape ``[n_blocks, bytes_per_block]`` and returns float32 values of
-shape ``[n_blocks, elements_per_block]``. The arithmetic mirrors gguf-py's
-numpy ``gguf.quants.dequantize`` operation for operation (the same products
-and differences, in the same order, in float32), so the results are
-bit-identical to it; tests check that on random blocks of every type.
-:func:`dequantize` works through a tensor in chunks of blocks, writing each
-chunk straight into the output in the target dtype, so the float32
-intermediate never exceeds one chunk.
+tensor of shape ``[n_blocks, bytes_per_block]`` and writes float32 values
+into ``y`` (``[n_blocks, elements_per_block]``) with in-place operations: the
+integer codes are converted into ``y``, then scaled (and offset) there, so no
+float32 temporary the size of the output is ever allocated (allocating and
+first touching fresh memory costs more than the arithmetic). The arithmetic
+mirrors gguf-py's numpy ``gguf.quants.dequantize`` operation for operation
+(the same products and differences, in the same order, each rounded to
+float32), so the results are bit-identical to it; tests check that on random
+blocks of every type. :func:`dequantize` works through a tensor in chunks of
+about two million elements, in place for a float32 output, or through one
+reused float32 chunk that is rounded once into another dtype.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 
 from modelport_gguf.header import GGML_TYPES
 
-#: Blocks dequantised at once (bounds the float32 intermediate to a few MB).
-CHUNK_BLOCKS = 1 << 14
+#: Elements dequantised at once: bounds the float32 chunk and the byte-sized intermediates (8 MB and 2 MB)
+#: while leaving each operation large enough for torch's intra-op threads.
+CHUNK_ELEMENTS = 1 << 21
 
 _IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 _CONSTANTS: dict[str, torch.Tensor] = {}
@@ -50,67 +54,62 @@ def _bits(qh: torch.Tensor, n: int) -> torch.Tensor:
     return ((qh.unsqueeze(-1) >> _const("s8", list(range(8)), (1, 1, 8))) & 1).reshape(n, -1)
 
 
-def _dq_q4_0(b: torch.Tensor) -> torch.Tensor:
+def _dq_q4_0(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    d = _f16(b[:, :2])
-    q = _nibbles(b[:, 2:], n, 1, 16).to(torch.int8) - 8
-    return d * q.to(torch.float32)
+    y.copy_(_nibbles(b[:, 2:], n, 1, 16).view(torch.int8) - 8)
+    y.mul_(_f16(b[:, :2]))
 
 
-def _dq_q4_1(b: torch.Tensor) -> torch.Tensor:
+def _dq_q4_1(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
-    q = _nibbles(b[:, 4:], n, 1, 16).to(torch.float32)
-    return d * q + m
+    y.copy_(_nibbles(b[:, 4:], n, 1, 16))
+    y.mul_(_f16(b[:, :2])).add_(_f16(b[:, 2:4]))
 
 
-def _dq_q5_0(b: torch.Tensor) -> torch.Tensor:
+def _dq_q5_0(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    d = _f16(b[:, :2])
-    qh = _bits(b[:, 2:6], n)
-    ql = _nibbles(b[:, 6:], n, 1, 16)
-    q = (ql | (qh << 4)).to(torch.int8) - 16
-    return d * q.to(torch.float32)
+    q = _nibbles(b[:, 6:], n, 1, 16) | (_bits(b[:, 2:6], n) << 4)
+    y.copy_(q.view(torch.int8) - 16)
+    y.mul_(_f16(b[:, :2]))
 
 
-def _dq_q5_1(b: torch.Tensor) -> torch.Tensor:
+def _dq_q5_1(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
-    qh = _bits(b[:, 4:8], n)
-    ql = _nibbles(b[:, 8:], n, 1, 16)
-    q = (ql | (qh << 4)).to(torch.float32)
-    return d * q + m
+    y.copy_(_nibbles(b[:, 8:], n, 1, 16) | (_bits(b[:, 4:8], n) << 4))
+    y.mul_(_f16(b[:, :2])).add_(_f16(b[:, 2:4]))
 
 
-def _dq_q8_0(b: torch.Tensor) -> torch.Tensor:
-    d = _f16(b[:, :2])
-    return b[:, 2:].view(torch.int8).to(torch.float32) * d
+def _dq_q8_0(b: torch.Tensor, y: torch.Tensor) -> None:
+    y.copy_(b[:, 2:].view(torch.int8))
+    y.mul_(_f16(b[:, :2]))
 
 
-def _dq_q2_k(b: torch.Tensor) -> torch.Tensor:
+def _dq_q2_k(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    scales, qs = b[:, :16], b[:, 16:80]
+    scales = b[:, :16]
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
     dl = (d * (scales & 0x0F).to(torch.float32)).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).to(torch.float32)).reshape(n, 16, 1)
-    q = (qs.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))) & 3
-    q = q.reshape(n, 16, 16).to(torch.float32)
-    return (dl * q - ml).reshape(n, 256)
+    q = (b[:, 16:80].reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))) & 3
+    out = y.view(n, 16, 16)
+    out.copy_(q.reshape(n, 16, 16))
+    out.mul_(dl).sub_(ml)
 
 
-def _dq_q3_k(b: torch.Tensor) -> torch.Tensor:
+def _dq_q3_k(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
     hmask, qs, scales = b[:, :32], b[:, 32:96], b[:, 96:108]
     d = _f16(b[:, 108:110])
     low = (scales[:, :8].reshape(n, 1, 8) >> _const("s04b", [0, 4], (1, 2, 1))).reshape(n, 16)
     high = (scales[:, 8:].reshape(n, 1, 4) >> _const("s0246b", [0, 2, 4, 6], (1, 4, 1))).reshape(n, 16)
-    sc = ((low & 0x0F) | ((high & 0x03) << 4)).to(torch.int8) - 32
+    sc = ((low & 0x0F) | ((high & 0x03) << 4)).view(torch.int8) - 32
     dl = (d * sc.to(torch.float32)).reshape(n, 16, 1)
     ql = (qs.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))).reshape(n, 16, 16) & 3
     qh = (hmask.reshape(n, 1, 1, 32) >> _const("s8b", list(range(8)), (1, 1, 8, 1))).reshape(n, 16, 16) & 1
-    qh = qh ^ 1  # the offset of 4 applies where the mask bit is clear
-    q = (ql.to(torch.int8) - (qh << 2).to(torch.int8)).to(torch.float32)
-    return (dl * q).reshape(n, 256)
+    # The offset of 4 applies where the mask bit is clear: q = ql - 4 * (1 - bit).
+    out = y.view(n, 16, 16)
+    out.copy_(ql.view(torch.int8) - ((qh ^ 1) << 2).view(torch.int8))
+    out.mul_(dl)
 
 
 def _scale_min_k4(scales: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,64 +120,58 @@ def _scale_min_k4(scales: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
     return sc, mn
 
 
-def _dq_q4_k(b: torch.Tensor) -> torch.Tensor:
+def _dq_q4_k(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
     d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
     sc, mn = _scale_min_k4(b[:, 4:16], n)
-    dd = (d * sc.to(torch.float32)).reshape(n, 8, 1)
-    dm = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
-    q = _nibbles(b[:, 16:], n, 4, 32).reshape(n, 8, 32).to(torch.float32)
-    return (dd * q - dm).reshape(n, 256)
+    out = y.view(n, 8, 32)
+    out.copy_(_nibbles(b[:, 16:], n, 4, 32).view(n, 8, 32))
+    out.mul_((d * sc.to(torch.float32)).reshape(n, 8, 1)).sub_((dmin * mn.to(torch.float32)).reshape(n, 8, 1))
 
 
-def _dq_q5_k(b: torch.Tensor) -> torch.Tensor:
+def _dq_q5_k(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
     d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
     sc, mn = _scale_min_k4(b[:, 4:16], n)
-    dd = (d * sc.to(torch.float32)).reshape(n, 8, 1)
-    dm = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
     qh = (b[:, 16:48].reshape(n, 1, 1, 32) >> _const("s8b", list(range(8)), (1, 1, 8, 1))).reshape(n, 8, 32) & 1
-    ql = _nibbles(b[:, 48:], n, 4, 32).reshape(n, 8, 32)
-    q = (ql | (qh << 4)).to(torch.float32)
-    return (dd * q - dm).reshape(n, 256)
+    out = y.view(n, 8, 32)
+    out.copy_(_nibbles(b[:, 48:], n, 4, 32).view(n, 8, 32) | (qh << 4))
+    out.mul_((d * sc.to(torch.float32)).reshape(n, 8, 1)).sub_((dmin * mn.to(torch.float32)).reshape(n, 8, 1))
 
 
-def _dq_q6_k(b: torch.Tensor) -> torch.Tensor:
+def _dq_q6_k(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
     ql, qh, scales = b[:, :128], b[:, 128:192], b[:, 192:208]
     d = _f16(b[:, 208:210])
-    dd = (d * scales.view(torch.int8).to(torch.float32)).reshape(n, 16, 1)
-    low = _nibbles(ql, n, 2, 64).reshape(n, 8, 32)
+    low = _nibbles(ql, n, 2, 64).view(n, 8, 32)
     high = (qh.reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))).reshape(n, 8, 32) & 3
-    q = (low | (high << 4)).to(torch.int8) - 32
-    return (dd * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, 256)
+    out = y.view(n, 16, 16)
+    out.copy_((low | (high << 4)).view(torch.int8).view(n, 16, 16) - 32)
+    out.mul_((d * scales.view(torch.int8).to(torch.float32)).reshape(n, 16, 1))
 
 
-def _dq_iq4_nl(b: torch.Tensor) -> torch.Tensor:
+def _dq_iq4_nl(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    d = _f16(b[:, :2])
     table = _const("iq4nl", list(_IQ4_NL_VALUES), (16,), torch.int8).to(torch.float32)
-    q = table[_nibbles(b[:, 2:], n, 1, 16).long()]
-    return d * q
+    torch.index_select(table, 0, _nibbles(b[:, 2:], n, 1, 16).reshape(-1).long(), out=y.view(-1))
+    y.mul_(_f16(b[:, :2]))
 
 
-def _dq_iq4_xs(b: torch.Tensor) -> torch.Tensor:
+def _dq_iq4_xs(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
     d = _f16(b[:, :2])
     scales_h = b[:, 2:4].contiguous().view(torch.int16).to(torch.int32) & 0xFFFF  # [n, 1]
-    scales_l = b[:, 4:8]
-    low = (scales_l.reshape(n, 4, 1) >> _const("s04c", [0, 4], (1, 1, 2))).reshape(n, 8) & 0x0F
+    low = (b[:, 4:8].reshape(n, 4, 1) >> _const("s04c", [0, 4], (1, 1, 2))).reshape(n, 8) & 0x0F
     shifts = _const("s2i", [2 * i for i in range(8)], (1, 8), torch.int32)
     high = ((scales_h >> shifts) & 0x03).to(torch.uint8)
-    sc = (low | (high << 4)).to(torch.int8) - 32
-    dl = (d * sc.to(torch.float32)).reshape(n, 8, 1)
+    sc = (low | (high << 4)).view(torch.int8) - 32
     table = _const("iq4nl", list(_IQ4_NL_VALUES), (16,), torch.int8).to(torch.float32)
-    q = table[_nibbles(b[:, 8:], n, 8, 16).long()].reshape(n, 8, 32)
-    return (dl * q).reshape(n, 256)
+    torch.index_select(table, 0, _nibbles(b[:, 8:], n, 8, 16).reshape(-1).long(), out=y.view(-1))
+    y.view(n, 8, 32).mul_((d * sc.to(torch.float32)).reshape(n, 8, 1))
 
 
 #: ggml type name -> block dequantiser, for every quantised type this plugin reads.
-BLOCK_DEQUANTISERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+BLOCK_DEQUANTISERS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {
     "Q4_0": _dq_q4_0,
     "Q4_1": _dq_q4_1,
     "Q5_0": _dq_q5_0,
@@ -222,7 +215,15 @@ def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dt
     blocks = raw.reshape(-1, type_size)
     n = blocks.shape[0]
     out = torch.empty((n, block), dtype=dtype)
-    for start in range(0, n, CHUNK_BLOCKS):
-        stop = min(n, start + CHUNK_BLOCKS)
-        out[start:stop] = fn(blocks[start:stop])
+    step = max(1, CHUNK_ELEMENTS // block)
+    # float32 is written in place; another dtype goes through one reused float32 chunk, then is rounded once.
+    scratch = None if dtype == torch.float32 else torch.empty((min(n, step), block), dtype=torch.float32)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        if scratch is None:
+            fn(blocks[start:stop], out[start:stop])
+        else:
+            work = scratch[: stop - start]
+            fn(blocks[start:stop], work)
+            out[start:stop].copy_(work)
     return out.reshape(shape)

@@ -107,7 +107,29 @@ def read_tensor(mapped: Any, info: TensorInfo, dtype: Any, file: str) -> Any:
         raise UnsupportedTensorTypeError(file, info.name, info.type_name, SUPPORTED_TYPES)
     raw = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
     target = dtype if torch.empty((), dtype=dtype).is_floating_point() else torch.float32
-    return dequantize(raw, info.type_name, info.shape, target)
+    values = dequantize(raw, info.type_name, info.shape, target)
+    if values.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr():
+        release_pages(mapped, info.offset, info.nbytes)
+    return values
+
+
+def release_pages(mapped: Any, offset: int, nbytes: int) -> None:
+    """Drop the mapped pages of bytes already converted, so they stop counting in the process's memory.
+
+    The mapping is private and never written, so every page is a clean copy of
+    the file: dropping one only means reading it again if it is touched again
+    (a neighbour's tensor sharing a boundary page stays correct). Advice only:
+    skipped where ``madvise`` is unavailable.
+    """
+    advise = getattr(mapped, "madvise", None)
+    flag = getattr(mmap, "MADV_DONTNEED", None)
+    if advise is None or flag is None:
+        return
+    start = offset - offset % mmap.PAGESIZE
+    try:
+        advise(flag, start, offset + nbytes - start)
+    except (OSError, ValueError):
+        return
 
 
 def iter_tensors(

@@ -60,7 +60,7 @@ def test_dequantisation_is_bit_exact_against_gguf_py(type_name, seed):
 def test_chunked_dequantisation_goes_straight_to_the_target_dtype(monkeypatch):
     import modelport_gguf.quants as quants
 
-    monkeypatch.setattr(quants, "CHUNK_BLOCKS", 7)  # many chunks, the last one partial
+    monkeypatch.setattr(quants, "CHUNK_ELEMENTS", 7 * 256)  # many chunks of 7 blocks, the last one partial
     raw = torch.from_numpy(random_blocks("Q4_K", 50, 3).reshape(-1))
     whole = dequantize(raw, "Q4_K", (50, 256), torch.float32)
     halves = dequantize(raw, "Q4_K", (50, 256), torch.bfloat16)
