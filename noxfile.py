@@ -155,3 +155,22 @@ def demo(session: nox.Session) -> None:
     session.run("modelport", "inspect", model.strip())
     prompt, *flags = session.posargs or ["ROMEO:\n"]
     session.run("modelport", "generate", model.strip(), prompt, "--max-tokens", "80", "--seed", "0", *flags)
+
+
+@nox.session(name="vllm-parity", default=False)
+def vllm_parity(session: nox.Session) -> None:
+    """modelport against vLLM 0.32 live on every config of ../shared/corpus/configs: the agreement table.
+
+    Not in the default sessions nor in CI. A venv of its own holds core, modelport-hf and
+    modelport-transformers, ``vllm==0.32.0`` installed ``--no-deps`` beside the CPU torch
+    of the constraints, then the part of vLLM's requirements a CPU machine can install
+    (``python tests/vllm_parity.py --requirements``; vLLM 0.32 asks for transformers
+    >=5.16.1,<5.20). Arguments go to tests/vllm_parity.py: ``-- --write DIR`` writes vLLM's
+    answers in the shape of the corpus expectations, to refresh them for the next vLLM.
+    """
+    install_projects(session, ".", "plugins/hf", "plugins/transformers", extra=("packaging",))
+    pip_install(session, "--no-deps", "vllm==0.32.0")
+    listed = session.run("python", "tests/vllm_parity.py", "--requirements", silent=True)
+    assert isinstance(listed, str)
+    pip_install(session, *listed.split())
+    session.run("python", "tests/vllm_parity.py", *session.posargs)

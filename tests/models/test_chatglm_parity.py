@@ -8,7 +8,9 @@ reading of that file, in float64, over whole sequences (no cache, no batching,
 plain matrices): per-group fused QKV (or per-head interleaved without multi-query
 attention), rotary turns of adjacent pairs over half of each head with base
 ``10000 * rope_ratio``, SwiGLU, RMSNorm or LayerNorm, and both residual forms.
-It shares no code with :mod:`modelport.models.chatglm`.
+It shares no code with :mod:`modelport.models.chatglm`. One variant follows vLLM
+0.32 rather than the remote code: ``original_rope: false`` (CogAgent) turns two
+halves, as vLLM reads that flag.
 
 The tiny models are written the way published ones are: a ``config.json``
 naming ``ChatGLMModel`` with remote-code ``auto_map``, and a ``model.safetensors``

@@ -7,7 +7,9 @@ one follows the remote code's arithmetic, read from its published source:
 * the query, key and value come from one fused projection,
   ``self_attention.query_key_value``; with ``multi_query_attention`` it holds all
   query heads, then ``multi_query_group_num`` key heads, then as many value heads;
-  without, every head's query, key and value sit side by side;
+  without (no published checkpoint does without), every head's query, key and value
+  sit side by side, as the remote code splits them (vLLM 0.32 splits that case like
+  the multi-query one);
 * rotary positions turn only the first half of each head, and turn adjacent pairs
   ``(x[2i], x[2i + 1])`` (not the two halves, as Llama does), with frequencies
   ``(10000 * rope_ratio) ** (-2i / (head_dim / 2))``; a config with
