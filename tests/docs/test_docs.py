@@ -743,6 +743,58 @@ def test_the_examples_own_tests_and_the_guides_test_snippets_pass(plugin_distrib
         sys.modules.pop(spec.name, None)
 
 
+LLAMA2C = DOCS / "examples" / "modelport-llama2c"
+
+
+def test_the_llama2c_examples_own_tests_pass(plugin_distribution, monkeypatch, tmp_path):
+    """The second worked example (a whole new format: config, tokenizer, weights) passes its own tests.
+
+    Installed as a real distribution and run the way the modelport pytest plugin
+    would, with the plugins its ini option names.
+    """
+    tomllib = pytest.importorskip("tomllib", reason="reading the example's pyproject.toml needs Python 3.11")
+    with (LLAMA2C / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)
+    name = project["project"]["name"]
+    allowed = project["tool"]["pytest"]["ini_options"]["modelport_plugins"].split()
+    absent = [n for n in allowed if n != name and not _has_distribution(n)]
+    if absent:
+        pytest.skip(f"the example's tests need {', '.join(absent)} installed")
+    module_name = project["project"]["entry-points"]["modelport.plugins"][name]
+    assert project["tool"]["setuptools"]["py-modules"] == [module_name]
+    code = (LLAMA2C / f"{module_name}.py").read_text(encoding="utf-8")
+    plugin_distribution(name, code, version=project["project"]["version"], module=module_name)
+
+    from modelport.plugins import get_host, reset_host
+
+    path = LLAMA2C / "tests" / "test_modelport_llama2c.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = [(n, f) for n, f in vars(module).items() if n.startswith("test_")]
+    assert len(tests) >= 7
+    for number, (test_name, test) in enumerate(tests):
+        with monkeypatch.context() as patch:
+            patch.setenv("MODELPORT_PLUGINS", ",".join(allowed))
+            patch.setenv("MODELPORT_STRICT_PLUGINS", "1")
+            patch.delenv("MODELPORT_DISABLE_PLUGINS", raising=False)
+            reset_host()
+            base = tmp_path / f"{number}-{test_name}"
+            base.mkdir()
+            _call_with_fixtures(test, {"tmp_path": base, "monkeypatch": patch, "modelport_host": get_host()})
+        reset_host()
+
+
+def test_the_plugin_guide_shows_the_llama2c_plugin_verbatim():
+    shown = [
+        code
+        for _, code, marker in code_blocks(page("plugin-guide.md"))
+        if marker == "llama2c-file: modelport_llama2c.py"
+    ]
+    assert shown == [(LLAMA2C / "modelport_llama2c.py").read_text(encoding="utf-8")]
+
+
 # --- the command line ---------------------------------------------------------------
 
 
