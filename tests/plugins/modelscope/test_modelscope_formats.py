@@ -52,3 +52,26 @@ def test_gguf_references_follow_the_hub_and_the_hugging_face_hub_sees_none_of_th
     resolved = modelport.resolve("org/tiny-GGUF:F32", hub="modelscope", skip_tokenizer_init=True)
     assert resolved.source.kind == "modelscope"
     assert hub_server.requests == []
+
+
+def test_a_mistral_native_repository_on_modelscope_loads_through_modelport_mistral(
+    modelscope_server, tiny_model, tmp_path, monkeypatch
+):
+    pytest.importorskip("modelport_mistral")
+    pytest.importorskip("mistral_common")
+    from modelport.plugins import reset_host
+    from modelport.testing.mistral_files import make_mistral_folder
+
+    monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-modelscope,modelport-mistral")
+    reset_host()
+    hf = tiny_model("hf")
+    folder = make_mistral_folder(hf, tmp_path / "mistral")
+    modelscope_server.add_repo("org/tiny-mistral", folder)
+
+    loaded = modelport.load("org/tiny-mistral", hub="modelscope", dtype="float32")
+
+    assert (loaded.resolved.source.kind, loaded.resolved.config_format) == ("modelscope", "mistral")
+    assert loaded.weights.missing == () and loaded.weights.unexpected == ()
+    fetched = sorted(r.filename for r in modelscope_server.requests if r.kind == "file")
+    assert all(modelscope_server.downloads(name) == 1 for name in fetched)
+    assert "params.json" in fetched and not any(name.endswith(".pth") for name in fetched)
