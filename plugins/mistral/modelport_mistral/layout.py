@@ -52,7 +52,8 @@ def find_layout(source: Source) -> MistralLayout:
     files = [f for f in source.list_files() if "/" not in f]
     present = set(files)
     shards = sorted(f for f in files if _SHARD.match(f))
-    pth = tuple(sorted((f for f in files if _PTH.match(f)), key=lambda f: int(_PTH.match(f)[1])))  # type: ignore[index]
+    ranks = {f: int(m[1]) for f in files if (m := _PTH.match(f))}
+    pth = tuple(sorted(ranks, key=ranks.__getitem__))
     missing: list[str] = []
     has_params = PARAMS in present
     if not has_params:

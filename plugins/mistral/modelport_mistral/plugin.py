@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from modelport.errors import InvalidConfigError, WeightsMissingError
+from modelport.errors import InvalidConfigError, WeightsCorruptError, WeightsMissingError
 from modelport.hookspecs import hookimpl
 from modelport.options import LoadOptions
 from modelport.registry import Registry
@@ -147,6 +147,13 @@ def modelport_select_weight_files(
         how = f"shards named by {layout.index_file}" if layout.index_file else "consolidated.safetensors"
         files = WeightFiles(FORMAT, source, layout.safetensors, layout.index_file)
         return Decision(files, f"{how} (consolidated safetensors are preferred)")
+    if load_format in ("auto", FORMAT, "pt") and len(layout.pth) > 1:
+        # Mistral's (and Meta's) numbered .pth parts are tensor-parallel slices of every tensor, not shards.
+        raise WeightsCorruptError(
+            source.location,
+            f"{len(layout.pth)} model-parallel parts ({', '.join(layout.pth)}) hold slices of each tensor, "
+            "which modelport does not merge; use consolidated safetensors or a single consolidated.00.pth",
+        )
     if load_format in ("auto", FORMAT, "pt") and layout.pth:
         return Decision(WeightFiles(FORMAT, source, layout.pth), "consolidated .pth (read with weights_only=True)")
     wanted = {"safetensors": "consolidated*.safetensors", "pt": "consolidated.NN.pth"}.get(

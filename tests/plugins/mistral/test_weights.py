@@ -161,3 +161,11 @@ def test_load_format_mistral_reads_the_consolidated_weights_under_an_hf_config(m
     assert loaded.weights.missing == () and loaded.weights.unexpected == ()
     original = modelport.load(str(hf), config_format="hf", dtype="float32", skip_tokenizer_init=True)
     assert torch.equal(_logits(loaded), _logits(original))
+
+
+def test_model_parallel_pth_parts_are_refused_by_name(mistral_model):
+    _, folder = mistral_model(weights="pth")
+    (folder / "consolidated.01.pth").write_bytes((folder / "consolidated.00.pth").read_bytes())
+    with pytest.raises(WeightsCorruptError) as caught:
+        modelport.resolve(str(folder), skip_tokenizer_init=True)
+    assert "consolidated.00.pth, consolidated.01.pth" in str(caught.value) and "slices" in str(caught.value)
