@@ -167,11 +167,15 @@ def modelport_register_architectures(register: Callable[..., None]) -> None:
 
 @hookspec(firstresult=True)
 def modelport_select_architecture(  # type: ignore[empty-body]
-    hf_config: PretrainedConfig, model_impl: str, registry: Registry, config_format: str
+    hf_config: PretrainedConfig, model_impl: str, registry: Registry, config_format: str, options: LoadOptions
 ) -> ArchitectureChoice | None:
     """Pick the implementation for ``hf_config`` given the ``model_impl`` option.
 
     ``config_format`` is the format the config came from (``hf``, ``gguf``...).
+    ``options`` are the load options (``trust_remote_code`` decides whether a
+    model class from the repository's own code, named by ``auto_map``, may be chosen).
+    An implementation whose class declines the config (its optional
+    ``unsupported_reason(hf_config)`` classmethod) is passed over under ``auto``.
 
     Core's registry lookup is a ``trylast`` implementation (native first when
     ``model_impl == "auto"``); a backend that can serve any architecture

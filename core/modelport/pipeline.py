@@ -335,6 +335,7 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
         model_impl=opts.model_impl,
         registry=registry,
         config_format=config_format,
+        options=opts,
     )
     if answer.value is None:
         hint = _architecture_hint(run, hf_config)

@@ -99,7 +99,9 @@ class Registry:
             return register_config_class
         if kind == "architecture":
 
-            def register_architecture(name: str, target: str, impl: str = "native", description: str = "") -> None:
+            def register_architecture(
+                name: str, target: str, impl: str = "native", description: str = "", unsupported: str | None = None
+            ) -> None:
                 if impl == ALIAS_IMPL:
                     # Another name for an architecture (vLLM's legacy and alias names): target is that name.
                     if not isinstance(target, str) or not target or ":" in target or target == name:
@@ -112,7 +114,11 @@ class Registry:
                     )
                     return
                 _check_target(plugin, "architecture", name, target)
-                self.entries.append(RegistryEntry(kind, name, plugin, target, description, {"impl": impl}))
+                extra: dict[str, Any] = {"impl": impl}
+                if unsupported is not None:
+                    # "module:function" saying why the implementation declines a config (None: it serves it).
+                    extra["unsupported"] = _check_target(plugin, "architecture check", name, unsupported)
+                self.entries.append(RegistryEntry(kind, name, plugin, target, description, extra))
 
             return register_architecture
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from modelport.errors import UnsupportedArchitectureError
 from modelport.hookspecs import hookimpl
 from modelport.registry import ALIAS_IMPL, Registry
-from modelport.types import ArchitectureChoice, Decision
+from modelport.types import ArchitectureChoice, Decision, RegistryEntry
 
 #: For each ``model_impl`` value, the implementation kinds it accepts, best first.
 IMPL_PREFERENCE: dict[str, tuple[str, ...]] = {
@@ -58,22 +59,29 @@ def modelport_select_architecture(
     """The first of ``config.architectures`` with a registered implementation.
 
     With ``model_impl="auto"`` a native implementation wins over a
-    Transformers-backend one; other kinds registered by plugins come last. A
+    Transformers-backend one; other kinds registered by plugins come last. An
+    implementation whose class declines the config (:func:`unsupported_reason`)
+    is passed over: under ``auto`` the next one (or the Transformers backend's
+    selector) serves it; with an explicit ``model_impl`` the error says why. A
     name registered as an alias is served by the implementation of the name it
     stands for; the choice keeps the config's name and its reason says which
     alias was used.
     """
     names = list(getattr(hf_config, "architectures", None) or [])
     wanted = IMPL_PREFERENCE.get(model_impl, (model_impl,))
+    declined: list[str] = []
     for name in names:
         entries = registry.architectures(name)
         ranked = sorted(
             (e for e in entries if model_impl == "auto" or e.extra.get("impl") in wanted),
             key=lambda e: wanted.index(e.extra["impl"]) if e.extra.get("impl") in wanted else len(wanted),
         )
-        if ranked:
-            entry = ranked[0]
+        for entry in ranked:
             assert entry.target is not None
+            refusal = unsupported_reason(registry, entry, hf_config)
+            if refusal is not None:
+                declined.append(f"{entry.target} declines this config: {refusal}")
+                continue
             impl = str(entry.extra.get("impl", "native"))
             reason = f"registered {impl} implementation for {name} (model_impl={model_impl!r})"
             canonical = registry.alias_of(name)
@@ -83,4 +91,27 @@ def modelport_select_architecture(
                     f"registered {impl} implementation for {canonical} (model_impl={model_impl!r})"
                 )
             return Decision(ArchitectureChoice(name, impl, entry.target, entry.plugin), reason)
+    if declined and model_impl != "auto":
+        raise UnsupportedArchitectureError(
+            names,
+            model_impl,
+            registry.names("architecture"),
+            "; ".join(declined) + "; model_impl='auto' lets the Transformers backend (modelport-transformers) serve it",
+        )
     return None
+
+
+def unsupported_reason(registry: Registry, entry: RegistryEntry, hf_config: Any) -> str | None:
+    """Why the registered implementation ``entry`` declines ``hf_config``, or ``None`` when it serves it.
+
+    Asks the ``"module:function"`` the implementation was registered with
+    (``register(..., unsupported=...)``; for a class, its
+    ``unsupported_reason`` classmethod, ``"module:Class.unsupported_reason"``).
+    An implementation registered without one serves every config of its
+    architecture, and its module is not imported to find out.
+    """
+    check_target = entry.extra.get("unsupported")
+    if not check_target:
+        return None
+    reason = registry.load(str(check_target))(hf_config)
+    return None if reason is None else str(reason)

@@ -35,7 +35,7 @@ from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
 from modelport.models.linear import Linear, linear
 from modelport.models.protocol import SequenceBatch
-from modelport.models.rope import RotaryEmbedding, Rotation, rope_parameters
+from modelport.models.rope import RotaryEmbedding, Rotation
 from modelport.pipeline import WeightReport
 from modelport.weight_checks import check_weight_fits
 
@@ -243,18 +243,13 @@ class LlamaForCausalLM(nn.Module):
         It declines RoPE types or per-layer-type RoPE parameters
         :mod:`modelport.models.rope` does not implement, and activations
         outside :data:`ACTIVATIONS`; with ``model_impl="auto"`` another
-        implementation (the Transformers backend) then serves the config.
+        implementation (the Transformers backend) then serves the config. The
+        check itself is :func:`modelport.builtin.native.llama_family_unsupported_reason`,
+        which the registry names so that the architecture step asks it without importing torch.
         """
-        try:
-            rope_parameters(hf_config)
-        except InvalidConfigError as exc:
-            if (exc.field or "").startswith("rope_parameters"):
-                return exc.detail
-            raise
-        act = getattr(hf_config, "hidden_act", "silu")
-        if act not in ACTIVATIONS:
-            return f"hidden_act {act!r} is not implemented; supported: {', '.join(ACTIVATIONS)}"
-        return None
+        from modelport.builtin.native import llama_family_unsupported_reason
+
+        return llama_family_unsupported_reason(hf_config)
 
     @classmethod
     def decoder_shape(cls, hf_config: Any) -> DecoderShape:

@@ -12,7 +12,13 @@ registry. The pipeline and the executors use it only through this protocol:
 * ``new_kv_cache(num_blocks, block_size)`` allocates the cache that
   ``forward`` reads and writes;
 * ``forward(batch, kv_cache)`` runs one step for a batch of sequences of
-  different lengths and returns logits.
+  different lengths and returns logits;
+* optionally, ``unsupported_reason(hf_config)`` (a classmethod) returns why the
+  class declines a config of its architecture (a RoPE type or a feature it
+  lacks) or ``None``; the architecture step passes a declining class over, so
+  that with ``model_impl="auto"`` another implementation (the Transformers
+  backend) serves the config and the trace says why, while an explicit
+  ``model_impl`` fails with the reason.
 
 The batch is flat: the new tokens of every sequence, concatenated, with their
 positions; ``query_lens`` says how many belong to each sequence and

@@ -279,6 +279,35 @@ class TransformersModel:
         return missing
 
 
+class RemoteCodeModel(TransformersModel):
+    """The backend over the model class the repository's own code defines (``auto_map``).
+
+    The pipeline chooses it only with ``trust_remote_code=True``. The class is
+    imported by transformers' dynamic-module loader from the config's folder,
+    where the code file must be (modelport-hf fetches a repository's top-level
+    ``.py`` files with its remote config class).
+    """
+
+    @classmethod
+    def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> TransformersModel:
+        """Build the repository's ``AutoModelForCausalLM`` class for ``hf_config`` (see :class:`TransformersModel`)."""
+        from pathlib import Path
+
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        from modelport_transformers.plugin import remote_code_file, remote_model_class
+
+        reference = remote_model_class(hf_config)
+        folder = Path(getattr(hf_config, "_name_or_path", "") or ".")
+        if reference is None:
+            raise ModelportError(f"{folder / 'config.json'}: auto_map names no AutoModelForCausalLM class")
+        code = folder / remote_code_file(reference)
+        if "--" not in reference and not code.is_file():
+            raise ModelportError(f"{code}: the model code auto_map.AutoModelForCausalLM names ({reference}) is missing")
+        model_cls = get_class_from_dynamic_module(reference, str(folder))
+        return cls._build(model_cls, hf_config, dtype=dtype, device=device)
+
+
 class SequenceCaches:
     """transformers' per-sequence caches, keyed by the first block of each sequence's block table.
 

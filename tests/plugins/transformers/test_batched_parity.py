@@ -146,11 +146,9 @@ def test_greedy_tokens_and_logits_equal_transformers(architecture, tmp_path, hf_
         max_num_batched_tokens=6,  # prompts longer than the budget are prefilled in chunks beside decodes
         block_size=4,
     )
-    resolved = llm.loaded.resolved if hasattr(llm, "loaded") else None
     model = llm.executor.model
     assert type(model).__name__ == "TransformersModel" and model.batched
-    if resolved is not None:
-        assert resolved.model_impl == "transformers"
+    assert llm.loaded.resolved.model_impl == "transformers"
     params = [modelport.SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in MAX_TOKENS]
     outputs = llm.generate(PROMPTS, params)
     reference = _reference(folder)

@@ -34,7 +34,12 @@ def _llama_config(**fields):
 
 def _select(host, config, model_impl="auto"):
     return host.call_first(
-        "modelport_select_architecture", hf_config=config, model_impl=model_impl, registry=host.registry
+        "modelport_select_architecture",
+        hf_config=config,
+        model_impl=model_impl,
+        registry=host.registry,
+        config_format="hf",
+        options=modelport.LoadOptions(model_impl=model_impl),
     )
 
 
@@ -43,7 +48,7 @@ def test_serves_an_architecture_transformers_implements(host):
     assert answer.plugin == "modelport-transformers"
     assert answer.value.impl == "transformers"
     assert answer.value.target == "modelport_transformers.model:TransformersModel"
-    assert "no native implementation is registered" in answer.reason
+    assert answer.reason == "transformers implements GPTNeoXForCausalLM; no native implementation is registered"
 
 
 def test_core_native_wins_under_auto_and_the_backend_serves_model_impl_transformers(host):
