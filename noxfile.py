@@ -1,5 +1,5 @@
 """Every workflow of modelport: ``nox -s tests`` (the default), ``isolated``, ``lint``, ``types``, ``docs``,
-``benchmarks``, ``demo``.
+``benchmarks``, ``demo``, ``fuzz``.
 
 Each session installs with ``-c tests/constraints.txt`` (torch is pinned there: see that
 file). Virtualenvs are reused between runs (``--reuse-venv=no`` rebuilds them), and every
@@ -8,6 +8,7 @@ session still runs its install step, so a reused venv follows dependency changes
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -155,6 +156,21 @@ def demo(session: nox.Session) -> None:
     session.run("modelport", "inspect", model.strip())
     prompt, *flags = session.posargs or ["ROMEO:\n"]
     session.run("modelport", "generate", model.strip(), prompt, "--max-tokens", "80", "--seed", "0", *flags)
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz tests of the untrusted readers, long: ``MODELPORT_FUZZ_EXAMPLES`` examples per reader (default 1000).
+
+    The same tests run in ``tests`` with a few examples each; here every reader (config.json,
+    the safetensors header, the shard index, tokenizer_config.json and its chat template) gets
+    many more. ``nox -s fuzz -- -x`` passes arguments to pytest.
+    """
+    install_projects(session, ".", "plugins/hf", extra=TEST_REQUIREMENTS)
+    session.env.setdefault("MODELPORT_FUZZ_EXAMPLES", os.environ.get("MODELPORT_FUZZ_EXAMPLES", "1000"))
+    session.run(
+        "pytest", "tests/plugins/hf/test_fuzz_loaders.py", "tests/plugins/hf/test_fuzz_parsers.py", *session.posargs
+    )
 
 
 @nox.session(name="vllm-parity", default=False)

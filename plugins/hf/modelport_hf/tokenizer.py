@@ -120,6 +120,36 @@ class CachedTokenizer:
         finally:
             self.__dict__.pop(_FACTS, None)
 
+    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        """``apply_chat_template`` of the wrapped tokenizer, once the template has rendered within its budgets.
+
+        The template is first rendered with the same arguments in a bounded
+        sandbox (time, memory and output, see :mod:`modelport_hf.chat_template`);
+        then transformers renders it as usual.
+
+        Raises:
+            TokenizerError: no chat template, the template failed or went over a
+                budget (an endless loop, a huge string), or transformers refused
+                the arguments.
+        """
+        import inspect
+
+        from modelport_hf.chat_template import check_chat_template
+
+        location = f"{getattr(self, 'name_or_path', '') or type(self).__name__} (chat template)"
+        render = super().apply_chat_template  # type: ignore[misc]
+        try:
+            arguments = inspect.signature(render).bind(conversation, *args, **kwargs).arguments
+        except TypeError as exc:
+            raise TokenizerError(location, f"apply_chat_template: {exc}") from exc
+        check_chat_template(self, location, arguments)
+        try:
+            return render(conversation, *args, **kwargs)
+        except TokenizerError:
+            raise
+        except Exception as exc:  # transformers' ValueErrors, jinja2's TemplateErrors...: all typed
+            raise TokenizerError(location, f"the chat template failed: {type(exc).__name__}: {exc}") from exc
+
     def __setattr__(self, key: str, value: Any) -> None:
         super().__setattr__(key, value)
         if key.endswith(_SPECIAL_ATTRIBUTE_SUFFIXES):
