@@ -18,6 +18,7 @@ NATIVE = {
     "Qwen3ForCausalLM": "modelport.models.llama:Qwen3ForCausalLM",
     "MixtralForCausalLM": "modelport.models.mixtral:MixtralForCausalLM",
     "ChatGLMModel": "modelport.models.chatglm:ChatGLMForCausalLM",
+    "InternLM2ForCausalLM": "modelport.models.internlm2:InternLM2ForCausalLM",
 }
 
 # The plugin module names its model class by a "module:Class" string; that module is a separate
