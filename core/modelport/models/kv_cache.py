@@ -82,6 +82,13 @@ class PagedKVCache:
         self.keys[layer].view(flat).index_copy_(0, slots, key.to(self.keys[layer].dtype))
         self.values[layer].view(flat).index_copy_(0, slots, value.to(self.values[layer].dtype))
 
+    def read_blocks(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of whole ``blocks`` of ``layer`` (``[len(blocks), block_size, num_kv_heads, head_dim]``).
+
+        One gathered row per block instead of one per token: what attention reads a sequence's keys with.
+        """
+        return self.keys[layer].index_select(0, blocks), self.values[layer].index_select(0, blocks)
+
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values (``[N, num_kv_heads, head_dim]`` each) stored at ``slots`` of ``layer``."""
         flat = (-1, self.num_kv_heads, self.head_dim)
