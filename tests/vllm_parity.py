@@ -6,14 +6,15 @@ installed, which the session does in a venv of its own (``vllm==0.32.0
 vLLM's requirements a CPU machine can install; see :func:`cpu_requirements`).
 
 For each config, alone in a folder as config.json (offline, no tokenizer, no
-weights), it asks vLLM for its ``ModelConfig`` (in a child process: vLLM keeps
-state between models) and modelport for ``resolve()``, and prints one row per
+weights), it asks vLLM for its ``ModelConfig`` and modelport for ``resolve()``,
+each in child processes (one for every config with ``--isolated``, as the corpus
+oracle ran; by default one for all, far faster), and prints one row per
 config and an agreement summary. ``--write DIR`` also writes vLLM's answers in the
 shape of ``../shared/corpus/expected/vllm-0.32/configs/*.json`` (their
 ``model_config`` part), so that the expectations can be refreshed for the next
 vLLM.
 
-    python tests/vllm_parity.py [--corpus DIR] [--only NAME ...] [--write DIR] [--timeout SECONDS]
+    python tests/vllm_parity.py [--corpus DIR] [--only NAME ...] [--write DIR] [--timeout SECONDS] [--isolated]
     python tests/vllm_parity.py --requirements     # what the session installs after vLLM
 """
 
@@ -144,18 +145,33 @@ def modelport_facts(folder: str) -> dict[str, Any]:
     }
 
 
-def _child(flag: str, folder: str, timeout: float) -> dict[str, Any]:
-    try:
-        done = subprocess.run(
-            [sys.executable, __file__, flag, folder], capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error_type": "Timeout", "error": f"no answer in {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        return {"ok": False, "error_type": "Crash", "error": done.stderr.strip()[-400:]}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+def _children(flag: str, folders: list[str], timeout: float, isolated: bool) -> list[dict[str, Any]]:
+    """The answers for ``folders`` from child processes: one per folder when ``isolated``, else one for all.
+
+    A batch that crashes or stalls loses the folder it was on (recorded as ``Crash``
+    or ``Timeout``) and goes on in a new child from the next one.
+    """
+    answers: list[dict[str, Any]] = []
+    while len(answers) < len(folders):
+        batch = folders[len(answers) : len(answers) + 1] if isolated else folders[len(answers) :]
+        try:
+            done = subprocess.run(
+                [sys.executable, __file__, flag, *batch],
+                capture_output=True,
+                text=True,
+                timeout=timeout * len(batch),
+                check=False,
+            )
+            stdout, failure = done.stdout, {"ok": False, "error_type": "Crash", "error": done.stderr.strip()[-400:]}
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout or b""
+            stdout = out.decode() if isinstance(out, bytes) else out
+            failure = {"ok": False, "error_type": "Timeout", "error": f"no answer in {timeout:.0f} s"}
+        got = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        answers.extend(got[: len(batch)])
+        if len(got) < len(batch):
+            answers.append(failure)
+    return answers
 
 
 def compare(vllm: dict[str, Any], ours: dict[str, Any]) -> tuple[str, list[str]]:
@@ -179,7 +195,7 @@ def compare(vllm: dict[str, Any], ours: dict[str, Any]) -> tuple[str, list[str]]
     return ("agree" if not differing else "differ"), differing
 
 
-def run(corpus: Path, only: Iterable[str], write: Path | None, timeout: float) -> int:
+def run(corpus: Path, only: Iterable[str], write: Path | None, timeout: float, isolated: bool = False) -> int:
     """Compare every config; print the table and the summary; 1 if modelport failed untyped anywhere."""
     configs = sorted((corpus / "configs").glob("*.json"))
     wanted = set(only)
@@ -199,11 +215,16 @@ def run(corpus: Path, only: Iterable[str], write: Path | None, timeout: float) -
     print("-" * len(header))
     counts: dict[str, int] = {}
     untyped = 0
-    for config in configs:
-        with tempfile.TemporaryDirectory() as folder:
-            shutil.copy(config, Path(folder) / "config.json")
-            theirs = _child("--vllm-one", folder, timeout)
-            ours = _child("--modelport-one", folder, timeout)
+    with tempfile.TemporaryDirectory() as scratch:
+        folders = []
+        for config in configs:
+            folder = Path(scratch) / config.stem
+            folder.mkdir()
+            shutil.copy(config, folder / "config.json")
+            folders.append(str(folder))
+        vllm_answers = _children("--vllm", folders, timeout, isolated)
+        our_answers = _children("--modelport", folders, timeout, isolated)
+    for config, theirs, ours in zip(configs, vllm_answers, our_answers, strict=True):
         verdict, differing = compare(theirs, ours)
         counts[verdict] = counts.get(verdict, 0) + 1
         untyped += bool(ours.get("untyped"))
@@ -237,24 +258,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--only", nargs="*", default=[])
     parser.add_argument("--write", type=Path)
-    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per config")
+    parser.add_argument("--isolated", action="store_true", help="one child process per config, as the oracle ran")
     parser.add_argument("--requirements", action="store_true")
-    parser.add_argument("--vllm-one")
-    parser.add_argument("--modelport-one")
+    parser.add_argument("--vllm", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--modelport", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.requirements:
         print("\n".join(cpu_requirements()))
         return 0
-    if args.vllm_one:
-        print(json.dumps(vllm_facts(args.vllm_one)))
-        return 0
-    if args.modelport_one:
-        print(json.dumps(modelport_facts(args.modelport_one)))
-        return 0
+    for folders, facts in ((args.vllm, vllm_facts), (args.modelport, modelport_facts)):
+        for folder in folders or []:
+            print(json.dumps(facts(folder)), flush=True)
+        if folders:
+            return 0
     if not (args.corpus / "configs").is_dir():
         print(f"no corpus at {args.corpus}: pass --corpus", file=sys.stderr)
         return 2
-    return run(args.corpus, args.only, args.write, args.timeout)
+    return run(args.corpus, args.only, args.write, args.timeout, args.isolated)
 
 
 if __name__ == "__main__":

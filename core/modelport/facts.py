@@ -56,6 +56,8 @@ RUNNER_BY_SUFFIX = (
     ("RewardModel", "pooling"),
     ("Model", "pooling"),
 )
+#: Architecture names that end in ``Model`` but that vLLM 0.32's registry lists as text generation models.
+GENERATIVE_MODEL_NAMES = ("ChatGLMModel",)
 #: Model types that must not run in float16 (numerical instability; vLLM's list).
 NO_FLOAT16 = ("gemma2", "gemma3", "gemma3_text", "plamo2", "glm4")
 #: Sub-config attributes that make a config multimodal.
@@ -151,8 +153,14 @@ def checkpoint_dtype(hf_config: Any) -> str | None:
 
 
 def runner_of(architectures: list[str] | None) -> str:
-    """``generate`` or ``pooling`` from the first architecture's suffix; no architecture means pooling."""
+    """``generate`` or ``pooling`` from the first architecture's suffix; no architecture means pooling.
+
+    vLLM asks its registry before the suffix: the names of :data:`GENERATIVE_MODEL_NAMES` generate
+    although they end in ``Model``.
+    """
     for name in architectures or []:
+        if name in GENERATIVE_MODEL_NAMES:
+            return "generate"
         for suffix, runner in RUNNER_BY_SUFFIX:
             if name.endswith(suffix):
                 return runner

@@ -351,6 +351,7 @@ def test_the_published_chatglm2_config_resolves_to_the_native_model_as_in_vllm(t
     assert resolved.model_impl == "native"
     assert resolved.max_model_len == 32768
     assert (resolved.facts.head_dim, resolved.facts.num_kv_heads) == (128, 2)
+    assert resolved.facts.runner == "generate"  # vLLM's runner_type, although the name ends in "Model"
 
 
 def test_chatglm_for_conditional_generation_is_vllms_alias_and_the_trace_says_so(tmp_path):
