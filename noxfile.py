@@ -139,23 +139,24 @@ def benchmarks(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The embedded default model: ``modelport inspect``, then ``modelport generate`` on it.
+    """The embedded default model: ``modelport inspect default``, then ``modelport generate default``.
 
     Installs core and modelport-hf from wheels, not editable, so this also proves the
     default model (a small Llama trained on Shakespeare, served by core's native
-    implementation) ships in the package. Nothing is downloaded.
+    implementation) ships in the package. Nothing is downloaded. The venv's
+    ``modelport`` command stays for the user to run (the session prints its path).
     """
     pip_install(session, ".", *(f"plugins/{name}" for name in DEMO_PLUGINS))
-    model = session.run(
-        "python",
-        "-c",
-        "import modelport, pathlib; print(pathlib.Path(modelport.__file__).parent / 'data' / 'default-model')",
-        silent=True,
-    )
-    assert isinstance(model, str)
-    session.run("modelport", "inspect", model.strip())
+    # "default" names the model inside the installed package, from any folder (modelport.DEFAULT_MODEL).
+    session.run("modelport", "inspect", "default")
     prompt, *flags = session.posargs or ["ROMEO:\n"]
-    session.run("modelport", "generate", model.strip(), prompt, "--max-tokens", "80", "--seed", "0", *flags)
+    session.run("modelport", "generate", "default", prompt, "--max-tokens", "80", "--seed", "0", *flags)
+    if isinstance(session.virtualenv, nox.virtualenv.VirtualEnv):
+        bin_dir = Path(session.bin).relative_to(ROOT) if Path(session.bin).is_relative_to(ROOT) else session.bin
+        session.log(
+            f"The demo's venv keeps the modelport command: {bin_dir}/modelport generate default 'JULIET:' "
+            f"(or `. {bin_dir}/activate`, then modelport ...)"
+        )
 
 
 @nox.session(default=False)

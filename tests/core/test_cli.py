@@ -68,6 +68,8 @@ def test_inspect_is_a_diagnostic_marking_a_missing_tokenizer_and_weights_none_fo
         trace = out.split("trace:")[1]
         assert "none found" in trace and "pass --skip-tokenizer-init to go without one" in trace
         assert "no weight files found for --load-format absent" in trace
+        # Facts stay in the API's terms: only the advice of the steps that found nothing is spelt as flags.
+        assert "max_model_len=512" in trace and "--max-model-len" not in trace
 
         assert main(["inspect", str(folder), "--load-format", "absent", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)
