@@ -54,15 +54,26 @@ def _bits(qh: torch.Tensor, n: int) -> torch.Tensor:
     return ((qh.unsqueeze(-1) >> _const("s8", list(range(8)), (1, 1, 8))) & 1).reshape(n, -1)
 
 
+def _write_nibbles(qs: torch.Tensor, y: torch.Tensor, n: int, groups: int, width: int) -> None:
+    """Low nibbles of each ``width``-byte group into the first half of its outputs, high nibbles into the second.
+
+    Each half is converted straight into ``y`` (no broadcast intermediate).
+    """
+    grouped = qs.reshape(n, groups, width)
+    halves = y.view(n, groups, 2, width)
+    halves[:, :, 0].copy_(grouped & 0x0F)
+    halves[:, :, 1].copy_(grouped >> 4)
+
+
 def _dq_q4_0(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    y.copy_(_nibbles(b[:, 2:], n, 1, 16).view(torch.int8) - 8)
-    y.mul_(_f16(b[:, :2]))
+    _write_nibbles(b[:, 2:], y, n, 1, 16)
+    y.sub_(8).mul_(_f16(b[:, :2]))  # small integers: the subtraction is exact, as numpy's int8 one
 
 
 def _dq_q4_1(b: torch.Tensor, y: torch.Tensor) -> None:
     n = b.shape[0]
-    y.copy_(_nibbles(b[:, 4:], n, 1, 16))
+    _write_nibbles(b[:, 4:], y, n, 1, 16)
     y.mul_(_f16(b[:, :2])).add_(_f16(b[:, 2:4]))
 
 
@@ -125,7 +136,7 @@ def _dq_q4_k(b: torch.Tensor, y: torch.Tensor) -> None:
     d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
     sc, mn = _scale_min_k4(b[:, 4:16], n)
     out = y.view(n, 8, 32)
-    out.copy_(_nibbles(b[:, 16:], n, 4, 32).view(n, 8, 32))
+    _write_nibbles(b[:, 16:], y, n, 4, 32)
     out.mul_((d * sc.to(torch.float32)).reshape(n, 8, 1)).sub_((dmin * mn.to(torch.float32)).reshape(n, 8, 1))
 
 
@@ -200,6 +211,23 @@ PLAIN_TYPES: dict[str, torch.dtype] = {
 SUPPORTED_TYPES: tuple[str, ...] = tuple(PLAIN_TYPES) + tuple(BLOCK_DEQUANTISERS)
 
 
+def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor whose memory numpy allocated.
+
+    numpy asks the kernel for transparent huge pages on large arrays
+    (``madvise(MADV_HUGEPAGE)``), torch does not unless ``THP_MEM_ALLOC_ENABLE``
+    was set before it started; first touching fresh memory in 4 KiB pages costs
+    more than dequantising into it, so every output is allocated this way.
+    """
+    import numpy as np
+
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
+
+
 def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Values of ``shape`` in ``dtype`` from the raw bytes ``raw`` (a ``uint8`` tensor) of ggml type ``type_name``.
 
@@ -209,12 +237,16 @@ def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dt
     """
     if type_name in PLAIN_TYPES:
         values = raw.view(PLAIN_TYPES[type_name]).reshape(shape)
-        return values if values.dtype == dtype else values.to(dtype)
+        if values.dtype == dtype:
+            return values
+        converted = new_tensor(tuple(shape), dtype)
+        converted.copy_(values)
+        return converted
     fn = BLOCK_DEQUANTISERS[type_name]
     _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == type_name)
     blocks = raw.reshape(-1, type_size)
     n = blocks.shape[0]
-    out = torch.empty((n, block), dtype=dtype)
+    out = new_tensor((n, block), dtype)
     step = max(1, CHUNK_ELEMENTS // block)
     # float32 is written in place; another dtype goes through one reused float32 chunk, then is rounded once.
     scratch = None if dtype == torch.float32 else torch.empty((min(n, step), block), dtype=torch.float32)

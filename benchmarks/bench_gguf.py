@@ -1,0 +1,247 @@
+"""Load GGUF files (Q8_0 and Q4_K): modelport against transformers' ``from_pretrained(gguf_file=...)``.
+
+    python benchmarks/bench_gguf.py [--repeats 3] [--cache-dir DIR] [--quick]
+
+Two llama-style GGUF files are written once under the cache folder by the
+testing kit (``modelport.testing.gguf_files``): a kit model (hidden 1024, 36
+layers, vocab 32000: about 470 M parameters) quantised to Q8_0 by gguf-py
+(about 500 MB), and the same shapes in Q4_K (random valid blocks, since gguf-py
+cannot quantise K-quants; the values do not matter to a load). ``--quick``
+uses a small model (hidden 512, 4 layers) and one repeat, to check that the
+script runs end to end.
+
+For each file and each approach, a child process is timed:
+
+- ``whole process``: the child's wall time from start to exit: interpreter,
+  imports, load, and one byte of every page of every parameter read ("ready").
+- ``warm``: inside the child, after the imports (the file is in the page
+  cache): the load call until ready.
+- peak RSS over the child's RSS after its imports, against the bytes of the
+  dequantised weights (the model's parameters, float32 on both sides).
+
+Approaches: ``transformers``:
+``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)``;
+``modelport``: ``modelport.load(path, dtype="float32", skip_tokenizer_init=True)``
+(core's native llama). Medians of ``--repeats`` runs, interleaved.
+
+Then, in this process, dequantisation alone: the GB/s of float32 output of
+modelport's torch kernels and of gguf-py's numpy ``dequantize`` on the largest
+tensor of each file (best of three).
+
+The machine's load average is printed first: the figures are only comparable
+as ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FULL: dict[str, Any] = dict(
+    hidden_size=1024,
+    num_hidden_layers=36,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    intermediate_size=2816,
+    vocab_size=32000,
+    max_position_embeddings=2048,
+)
+QUICK: dict[str, Any] = {**FULL, "hidden_size": 512, "num_hidden_layers": 4, "intermediate_size": 1536}
+TYPES = ("Q8_0", "Q4_K")
+APPROACHES = ("transformers", "modelport")
+PAGE = 4096
+
+
+def gguf_files(cache_dir: Path, quick: bool) -> dict[str, Path]:
+    """The benchmark GGUF files (one per type), built on first use, atomically (built aside, then renamed)."""
+    name = "quick" if quick else "full"
+    wanted = {t: cache_dir / f"llama-{name}-{t}.gguf" for t in TYPES}
+    if all(p.is_file() for p in wanted.values()):
+        return wanted
+    from modelport.testing import make_tiny_model
+    from modelport.testing.gguf_files import write_gguf
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"gguf-{name}-", dir=cache_dir))
+    print(f"building the benchmark GGUF files in {cache_dir} (once)...", file=sys.stderr)
+    hf = make_tiny_model(work / "hf", "llama", tokenizer=False, **(QUICK if quick else FULL))
+    for ggml_type, path in wanted.items():
+        if path.is_file():
+            continue
+        partial = write_gguf(hf, work / path.name, ggml_type, tokenizer=False, random_k_quants=True)
+        partial.rename(path)
+    shutil.rmtree(work, ignore_errors=True)
+    return wanted
+
+
+# --- the child: one approach, one file ------------------------------------------------
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _touch(module: Any) -> int:
+    """Read one byte of every page of every parameter and buffer; return their total bytes."""
+    import torch
+
+    unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    total = 0
+    with torch.no_grad():
+        for tensor in unique.values():
+            flat = tensor.detach().reshape(-1).view(torch.uint8)
+            flat[::PAGE].sum()
+            total += flat.numel()
+    return total
+
+
+def child(approach: str, path: Path) -> dict[str, Any]:
+    """Load ``path`` with ``approach`` in this process, after the common imports."""
+    import gguf  # noqa: F401
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    import modelport
+    import modelport_gguf.plugin  # noqa: F401
+    from modelport.plugins import get_host
+
+    transformers.LlamaForCausalLM  # noqa: B018  (the llama modelling module, for both approaches)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    get_host()
+    base = _peak_mib()
+    start = time.perf_counter()
+    if approach == "transformers":
+        module = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    else:
+        module = modelport.load(str(path), dtype="float32", skip_tokenizer_init=True).model
+    weights = _touch(module)
+    ready = time.perf_counter() - start
+    return {"approach": approach, "warm_s": ready, "base_mib": base, "peak_mib": _peak_mib(), "weights": weights}
+
+
+# --- the parent -------------------------------------------------------------------------
+
+
+def _run_child(approach: str, path: Path) -> dict[str, Any]:
+    env = {**os.environ, "MODELPORT_PLUGINS": "modelport-hf,modelport-gguf", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MODELPORT_DISABLE_PLUGINS", None)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", approach, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=1800,
+    )
+    whole = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"the {approach} child failed on {path.name}:\n{proc.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["whole_s"] = whole
+    return result
+
+
+def _warm_file(path: Path) -> None:
+    with open(path, "rb", buffering=0) as handle:
+        while handle.read(1 << 24):
+            pass
+
+
+def dequantisation(path: Path) -> tuple[str, float, float]:
+    """GB/s of float32 output on the file's largest quantised tensor: (type, modelport, gguf-py), best of three."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as numpy_dequantize
+
+    from modelport_gguf.header import read_header
+    from modelport_gguf.quants import dequantize
+
+    header = read_header(path)
+    tensor = max((t for t in header.tensors if t.type_name not in ("F32", "F16")), key=lambda t: t.nbytes)
+    data = np.fromfile(path, dtype=np.uint8, count=tensor.nbytes, offset=tensor.offset)
+    raw = torch.from_numpy(data)
+    out_bytes = tensor.n_elements * 4
+    ours, theirs = float("inf"), float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        dequantize(raw, tensor.type_name, tensor.shape, torch.float32)
+        ours = min(ours, time.perf_counter() - start)
+        start = time.perf_counter()
+        numpy_dequantize(data, GGMLQuantizationType[tensor.type_name])
+        theirs = min(theirs, time.perf_counter() - start)
+    return tensor.type_name, out_bytes / ours / 1e9, out_bytes / theirs / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per approach and file (median reported)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "modelport-bench",
+        help="where the benchmark files are built and kept",
+    )
+    parser.add_argument("--quick", action="store_true", help="a small model and one repeat (checks the script runs)")
+    parser.add_argument("--child", nargs=2, metavar=("APPROACH", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        return 0
+    repeats = 1 if args.quick else args.repeats
+    started = time.perf_counter()
+    files = gguf_files(args.cache_dir, args.quick)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"python {sys.version.split()[0]}; {repeats} run(s) per approach, medians")
+    for ggml_type, path in files.items():
+        runs: dict[str, list[dict[str, Any]]] = {a: [] for a in APPROACHES}
+        for _ in range(repeats):
+            for approach in APPROACHES:
+                _warm_file(path)
+                runs[approach].append(_run_child(approach, path))
+        weights_mib = runs["modelport"][0]["weights"] / 2**20
+        print(
+            f"\n{ggml_type}: {path.name} ({path.stat().st_size / 2**20:.0f} MiB), float32 weights {weights_mib:.0f} MiB"
+        )
+        print(f"  {'approach':<13} {'whole s':>8} {'warm s':>8} {'peak MiB':>9} {'over base':>10} {'over/weights':>13}")
+        medians: dict[str, dict[str, float]] = {}
+        for approach, measured in runs.items():
+            m = {k: statistics.median(r[k] for r in measured) for k in ("whole_s", "warm_s", "peak_mib")}
+            m["over"] = statistics.median(r["peak_mib"] - r["base_mib"] for r in measured)
+            medians[approach] = m
+            print(
+                f"  {approach:<13} {m['whole_s']:>8.2f} {m['warm_s']:>8.2f} {m['peak_mib']:>9.0f} "
+                f"{m['over']:>10.0f} {m['over'] / weights_mib:>13.2f}"
+            )
+        mp, tf = medians["modelport"], medians["transformers"]
+        print(
+            f"  modelport faster than transformers: whole process {tf['whole_s'] / mp['whole_s']:.2f}x, "
+            f"warm {tf['warm_s'] / mp['warm_s']:.2f}x   (target >= 3)"
+        )
+        print(f"  modelport peak RSS over base / weights: {mp['over'] / weights_mib:.2f}   (target <= 1.3)")
+    print()
+    for path in files.values():
+        type_name, ours, theirs = dequantisation(path)
+        print(
+            f"dequantisation {type_name} to float32: modelport {ours:.2f} GB/s, gguf-py numpy {theirs:.2f} GB/s, "
+            f"{ours / theirs:.2f}x   (target >= 2.4 GB/s on a quiet machine)"
+        )
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
