@@ -28,7 +28,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,33 +146,46 @@ def modelport_facts(folder: str) -> dict[str, Any]:
     }
 
 
-def _children(flag: str, folders: list[str], timeout: float, isolated: bool) -> list[dict[str, Any]]:
-    """The answers for ``folders`` from child processes: one per folder when ``isolated``, else one for all.
+def _children(flag: str, folders: list[str], timeout: float, isolated: bool) -> Iterator[dict[str, Any]]:
+    """The answers for ``folders``, as they arrive, from child processes (one per folder when ``isolated``).
 
-    A batch that crashes or stalls loses the folder it was on (recorded as ``Crash``
-    or ``Timeout``) and goes on in a new child from the next one.
+    A child that crashes, or gives no answer for ``timeout`` seconds, loses the folder
+    it was on (recorded as ``Crash`` or ``Timeout``); a new child goes on from the next.
     """
-    answers: list[dict[str, Any]] = []
-    while len(answers) < len(folders):
-        batch = folders[len(answers) : len(answers) + 1] if isolated else folders[len(answers) :]
-        try:
-            done = subprocess.run(
-                [sys.executable, __file__, flag, *batch],
-                capture_output=True,
-                text=True,
-                timeout=timeout * len(batch),
-                check=False,
-            )
-            stdout, failure = done.stdout, {"ok": False, "error_type": "Crash", "error": done.stderr.strip()[-400:]}
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout or b""
-            stdout = out.decode() if isinstance(out, bytes) else out
-            failure = {"ok": False, "error_type": "Timeout", "error": f"no answer in {timeout:.0f} s"}
-        got = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-        answers.extend(got[: len(batch)])
-        if len(got) < len(batch):
-            answers.append(failure)
-    return answers
+    done = 0
+    while done < len(folders):
+        batch = folders[done : done + 1] if isolated else folders[done:]
+        child = subprocess.Popen(
+            [sys.executable, __file__, flag, *batch], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        timed_out = threading.Event()
+
+        def stall(child: subprocess.Popen[str] = child, timed_out: threading.Event = timed_out) -> None:
+            timed_out.set()
+            child.kill()
+
+        watchdog = threading.Timer(timeout, stall)
+        watchdog.start()
+        assert child.stdout is not None and child.stderr is not None
+        got = 0
+        for line in child.stdout:
+            if not line.startswith("{"):
+                continue
+            watchdog.cancel()
+            yield json.loads(line)
+            got += 1
+            watchdog = threading.Timer(timeout, stall)
+            watchdog.start()
+        watchdog.cancel()
+        error = child.stderr.read().strip()[-400:]
+        child.wait()
+        done += got
+        if got < len(batch):
+            if timed_out.is_set():
+                yield {"ok": False, "error_type": "Timeout", "error": f"no answer in {timeout:.0f} s"}
+            else:
+                yield {"ok": False, "error_type": "Crash", "error": error}
+            done += 1
 
 
 def compare(vllm: dict[str, Any], ours: dict[str, Any]) -> tuple[str, list[str]]:
@@ -222,24 +236,28 @@ def run(corpus: Path, only: Iterable[str], write: Path | None, timeout: float, i
             folder.mkdir()
             shutil.copy(config, folder / "config.json")
             folders.append(str(folder))
-        vllm_answers = _children("--vllm", folders, timeout, isolated)
-        our_answers = _children("--modelport", folders, timeout, isolated)
-    for config, theirs, ours in zip(configs, vllm_answers, our_answers, strict=True):
-        verdict, differing = compare(theirs, ours)
-        counts[verdict] = counts.get(verdict, 0) + 1
-        untyped += bool(ours.get("untyped"))
-        left = theirs.get("architecture") if theirs["ok"] else f"({theirs['error_type']})"
-        right = f"{ours['architecture']} [{ours['impl']}]" if ours["ok"] else f"({ours['error_type']})"
-        lengths = f"{theirs.get('max_model_len', '-')}/{ours.get('max_model_len', '-')}"
-        detail = f" ({', '.join(differing)})" if differing else ""
-        print(f"{config.name[:62]:<62} {str(left)[:34]:<34} {right[:34]:<34} {lengths:<17} {verdict}{detail}")
-        if write is not None:
-            record = {
-                "file": config.name,
-                "oracle": {"vllm": vllm_version, "setup": "vllm-parity session: config.json alone, offline, CPU"},
-                "model_config": theirs,
-            }
-            (write / config.name).write_text(json.dumps(record, indent=1) + "\n")
+        # modelport first (seconds), then vLLM's answers row by row as they arrive (minutes each on a busy CPU).
+        our_answers = list(_children("--modelport", folders, timeout, isolated))
+        rows = zip(configs, _children("--vllm", folders, timeout, isolated), our_answers, strict=True)
+        for config, theirs, ours in rows:
+            verdict, differing = compare(theirs, ours)
+            counts[verdict] = counts.get(verdict, 0) + 1
+            untyped += bool(ours.get("untyped"))
+            left = theirs.get("architecture") if theirs["ok"] else f"({theirs['error_type']})"
+            right = f"{ours['architecture']} [{ours['impl']}]" if ours["ok"] else f"({ours['error_type']})"
+            lengths = f"{theirs.get('max_model_len', '-')}/{ours.get('max_model_len', '-')}"
+            detail = f" ({', '.join(differing)})" if differing else ""
+            print(
+                f"{config.name[:62]:<62} {str(left)[:34]:<34} {right[:34]:<34} {lengths:<17} {verdict}{detail}",
+                flush=True,
+            )
+            if write is not None:
+                record = {
+                    "file": config.name,
+                    "oracle": {"vllm": vllm_version, "setup": "vllm-parity session: config.json alone, offline, CPU"},
+                    "model_config": theirs,
+                }
+                (write / config.name).write_text(json.dumps(record, indent=1) + "\n")
     loaded = sum(counts.get(k, 0) for k in ("agree", "differ", "only vLLM"))
     agree = counts.get("agree", 0)
     print()
