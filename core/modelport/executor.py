@@ -6,7 +6,9 @@ still in prefill contribute a chunk of their prompt (chunked prefill under a
 token budget). Keys and values live in a paged cache whose blocks are handed
 out as sequences grow; when the cache is full, the newest sequence is
 preempted and recomputed later. A request that cannot run (a prompt too long,
-token ids outside the vocabulary) fails alone; the others go on.
+token ids outside the vocabulary) fails alone; the others go on. Each step
+runs with the torch threads a :class:`ThreadGovernor` allows, fewer while the
+machine's other work keeps this process's threads waiting for a CPU.
 """
 
 from __future__ import annotations
