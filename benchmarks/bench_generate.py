@@ -1,7 +1,8 @@
 """Generation throughput: modelport's CPU executor against transformers' batched generate.
 
-    python benchmarks/bench_generate.py [--repeats 3] [--dtypes bfloat16,float32] [--concurrency 1,8,32]
-                                        [--prompt-len 64] [--gen-len 64] [--threads N] [--cache-dir DIR]
+    python benchmarks/bench_generate.py [--repeats 3] [--dtypes bfloat16,float32] [--concurrency 1,8,32,256]
+                                        [--prompt-len 64] [--gen-len 64] [--threads N] [--load N]
+                                        [--cache-dir DIR]
 
 The model is a ~100M-parameter llama written by ``modelport.testing.make_tiny_model``
 (hidden 768, 12 layers, 12 query heads and 4 key/value heads, MLP 2048, vocab 32000
@@ -19,15 +20,34 @@ generating exactly ``--gen-len`` tokens greedily. Both sides do the same work:
   ``generate`` on the N prompts as a left-padded batch with its attention mask,
   ``do_sample=False, use_cache=True, max_new_tokens=G, min_new_tokens=G``.
 - ``modelport``: ``modelport.LLM(folder, dtype=..., model_impl="native")`` (core's native
-  llama on the CPU executor, default settings), then ``llm.generate`` on the N prompts
-  with ``SamplingParams(temperature=0, max_tokens=G, ignore_eos=True)``; its results
-  carry the decoded text too.
+  llama on the CPU executor, default settings: 64 sequences at once, 2048 tokens a step),
+  then what ``llm.generate`` does on the N prompts with
+  ``SamplingParams(temperature=0, max_tokens=G, ignore_eos=True)``: every request added to
+  ``llm.executor``, which steps until all are done; its results carry the decoded text too.
+
+Time to first token (TTFT) is, for each request, the time from the start of the call
+to its first generated token; the table gives the median and the 90th percentile over
+the requests of every round. transformers' batched generate hands out the first tokens
+of the whole batch at once (a streamer notes when); modelport's executor reports each
+request's first token from the step that made it.
+
+The roof: at 1 request, a step reads every weight once, so tokens/s cannot exceed
+memory bandwidth / weight bytes. Each modelport child measures the bandwidth (a 512 MiB
+float32 tensor copy with the same thread count, read + write bytes over the best of 5
+times) and the weights' bytes in its dtype; the line under each table prints both, the
+roof, and modelport's rate at 1 request as a share of it.
+
+``--load N`` starts N competing processes before the first child and stops them after
+the last, each keeping one core busy with float32 matrix products, to see how both
+sides behave on a shared machine; the header of each table says how many ran.
 
 Throughput is N x G generated tokens over the wall time of that one call (prompt
 processing included), the median over ``--repeats`` rounds. Each round runs one
 child process per approach and dtype (imports, load, one untimed warm-up
 generate, then each N once), the approaches interleaved so that a noisy neighbour
-hits both alike; every child sets the same torch thread count. The header
+hits both alike; every child sets the same torch thread count (modelport's executor
+runs a step with fewer while its threads wait for a CPU: ``ThreadGovernor``;
+transformers always uses the count set). The header
 names the kernel each side's linear layers call (modelport sends float32 ones
 to oneDNN: ``modelport.models.linear``), and the run prints the load average
 before and after, since other work on the machine slows both sides unevenly.
@@ -112,6 +132,23 @@ def _digest(ids: list[int]) -> str:
     return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:12]
 
 
+def memory_bandwidth(threads: int, megabytes: int = 512, rounds: int = 5) -> float:
+    """Bytes per second a large tensor copy moves (read plus write), best of ``rounds``, with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    count = megabytes * (1 << 20) // 4
+    source = torch.ones(count, dtype=torch.float32)
+    target = torch.empty_like(source)
+    target.copy_(source)  # touch every page first
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        target.copy_(source)
+        best = min(best, time.perf_counter() - start)
+    return 2 * count * 4 / best
+
+
 def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """Load ``approach`` in ``dtype``, warm it up, then time one generate per concurrency."""
     import torch
@@ -125,14 +162,31 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
 
     if approach == "transformers":
         from transformers import AutoModelForCausalLM
+        from transformers.generation.streamers import BaseStreamer
 
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
 
-        def run(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+        class FirstToken(BaseStreamer):  # type: ignore[misc]
+            """Notes when generate hands out its first new tokens (its first put() is the prompt)."""
+
+            def __init__(self) -> None:
+                self.puts = 0
+                self.at: float | None = None
+
+            def put(self, value: Any) -> None:
+                self.puts += 1
+                if self.puts == 2:
+                    self.at = time.perf_counter()
+
+            def end(self) -> None:
+                pass
+
+        def run(batch: list[list[int]], new_tokens: int, start: float) -> tuple[list[list[int]], list[float]]:
             # Left padding with an attention mask; the prompts here are all one length, so none is added.
             width = max(map(len, batch))
             ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+            first = FirstToken()
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=ids,
@@ -142,9 +196,11 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
                     max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
                     pad_token_id=0,
+                    streamer=first,
                 )
             generated: list[list[int]] = out[:, width:].tolist()
-            return generated
+            at = first.at if first.at is not None else time.perf_counter()
+            return generated, [at - start] * len(batch)  # one batch: every request's first token comes at once
 
     else:
         import modelport
@@ -158,11 +214,20 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
         else:
             kernel = "mkldnn._linear_pointwise" if dtype == "float32" and onednn_linear_works() else kernel
 
-        def run(batch: list[list[int]], new_tokens: int) -> list[list[int]]:
+        def run(batch: list[list[int]], new_tokens: int, start: float) -> tuple[list[list[int]], list[float]]:
+            # What llm.generate does (add every request, step until done), watching each request's first token.
+            executor = llm.executor
             params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-            return [result.outputs[0].token_ids for result in llm.generate(batch, params)]
+            ids = [executor.add_request(prompt, params) for prompt in batch]
+            first: dict[str, float] = {}
+            final: dict[str, list[int]] = {}
+            for report in executor.run():
+                first.setdefault(report.request_id, time.perf_counter())
+                if report.finished:
+                    final[report.request_id] = list(report.outputs[0].token_ids)
+            return [final[rid] for rid in ids], [first[rid] - start for rid in ids]
 
-    run(prompts(2, settings["prompt_len"], seed=-1), 8)  # warm-up: lazy initialisation, first-use kernels
+    run(prompts(2, settings["prompt_len"], seed=-1), 8, time.perf_counter())  # warm-up: lazy initialisation
     results: dict[str, Any] = {
         "approach": approach,
         "dtype": dtype,
@@ -170,18 +235,29 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
         "linear": kernel,
         "runs": {},
     }
+    if approach == "modelport":
+        results["bandwidth"] = memory_bandwidth(settings["threads"])
+        torch.set_num_threads(settings["threads"])
+        results["weight_bytes"] = sum(p.numel() * p.element_size() for p in llm.loaded.model.parameters())
     for count in settings["concurrency"]:
         batch = prompts(count, settings["prompt_len"], seed=count)
         start = time.perf_counter()
-        generated = run(batch, gen)
+        generated, first = run(batch, gen, start)
         seconds = time.perf_counter() - start
         if any(len(ids) != gen for ids in generated):
             raise SystemExit(f"{approach} generated {sorted({len(ids) for ids in generated})} tokens, not {gen}")
-        results["runs"][str(count)] = {"seconds": seconds, "digests": [_digest(ids) for ids in generated]}
+        results["runs"][str(count)] = {
+            "seconds": seconds,
+            "ttft": first,
+            "digests": [_digest(ids) for ids in generated],
+        }
     return results
 
 
 # --- the parent: build, run children, print ------------------------------------
+
+#: What each competing process of ``--load`` runs: float32 matrix products on one thread, forever.
+BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 
 
 def _run_child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +269,7 @@ def _run_child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]
         text=True,
         env=env,
         check=False,
-        timeout=600,
+        timeout=3600,
     )
     if proc.returncode != 0:
         raise SystemExit(f"the {approach} {dtype} child failed:\n{proc.stderr[-4000:]}")
@@ -206,14 +282,25 @@ def _load() -> str:
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
 
 
+def _percentile(values: list[float], share: float) -> float:
+    """The ``share`` quantile of ``values`` (linear between the two nearest)."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * share
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
 def _table(dtype: str, runs: dict[str, list[dict[str, Any]]], settings: dict[str, Any]) -> list[str]:
     gen = settings["gen_len"]
+    ours = runs["modelport"]
     lines = [
-        f"{dtype}: generated tokens/s, median of {len(runs['modelport'])} run(s); "
+        f"{dtype}: generated tokens/s, median of {len(ours)} run(s); "
         f"prompt {settings['prompt_len']} + {gen} generated tokens per request; "
-        f"{runs['modelport'][0]['threads']} torch thread(s); "
-        f"linear layers: transformers {runs['transformers'][0]['linear']}, modelport {runs['modelport'][0]['linear']}",
-        f"  {'N':>3} {'transformers':>13} {'modelport':>10} {'modelport/transformers':>23} {'same tokens':>12}",
+        f"{ours[0]['threads']} torch thread(s); {settings['load']} competing busy process(es); "
+        f"linear layers: transformers {runs['transformers'][0]['linear']}, modelport {ours[0]['linear']}",
+        f"  {'N':>4} {'transformers':>13} {'modelport':>10} {'modelport/transformers':>23} "
+        f"{'TTFT s median/p90: transformers':>32} {'modelport':>14} {'same tokens':>12}",
     ]
     for count in settings["concurrency"]:
         key = str(count)
@@ -221,23 +308,65 @@ def _table(dtype: str, runs: dict[str, list[dict[str, Any]]], settings: dict[str
             approach: statistics.median(count * gen / run["runs"][key]["seconds"] for run in measured)
             for approach, measured in runs.items()
         }
-        theirs, ours = (runs[approach][0]["runs"][key]["digests"] for approach in APPROACHES)
-        same = sum(a == b for a, b in zip(theirs, ours, strict=True))
+        ttft = {  # over every request of every run
+            approach: [t for run in measured for t in run["runs"][key]["ttft"]] for approach, measured in runs.items()
+        }
+        first = {
+            approach: f"{statistics.median(ttft[approach]):.2f}/{_percentile(ttft[approach], 0.9):.2f}"
+            for approach in APPROACHES
+        }
+        theirs, mine = (runs[approach][0]["runs"][key]["digests"] for approach in APPROACHES)
+        same = sum(a == b for a, b in zip(theirs, mine, strict=True))
         lines.append(
-            f"  {count:>3} {rate['transformers']:>13.1f} {rate['modelport']:>10.1f} "
-            f"{rate['modelport'] / rate['transformers']:>22.2f}x {f'{same}/{count}':>12}"
+            f"  {count:>4} {rate['transformers']:>13.1f} {rate['modelport']:>10.1f} "
+            f"{rate['modelport'] / rate['transformers']:>22.2f}x {first['transformers']:>32} {first['modelport']:>14} "
+            f"{f'{same}/{count}':>12}"
         )
+    bandwidth = statistics.median(run["bandwidth"] for run in ours)
+    weight_bytes = ours[0]["weight_bytes"]
+    roof = bandwidth / weight_bytes
+    line = (
+        f"  memory bandwidth {bandwidth / 1e9:.1f} GB/s (a 512 MiB tensor copy, read + write, best of 5, "
+        f"in each modelport child); weights {weight_bytes / 1e6:.0f} MB; roof {roof:.1f} tokens/s"
+    )
+    if "1" in ours[0]["runs"]:
+        single = statistics.median(gen / run["runs"]["1"]["seconds"] for run in ours)
+        line += f"; modelport at 1 request {single:.1f} tokens/s = {single / roof:.0%} of the roof"
+    lines.append(line)
+    lines.append(f"  load average {_load()} after this table")
     return lines
+
+
+def _start_load(count: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` competing processes, each keeping one core busy with matrix products."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return [
+        subprocess.Popen([sys.executable, "-c", BUSY], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+def _stop_load(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="rounds per approach and dtype (median reported)")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated dtypes to run the model in")
-    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of concurrent requests")
+    parser.add_argument("--concurrency", default="1,8,32,256", help="comma-separated numbers of concurrent requests")
     parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per request")
     parser.add_argument("--gen-len", type=int, default=64, help="generated tokens per request")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every child (default: torch's)")
+    parser.add_argument(
+        "--load", type=int, default=0, help="competing busy processes (one core each) running during the measurement"
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -260,17 +389,22 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": [int(n) for n in args.concurrency.split(",")],
         "prompt_len": args.prompt_len,
         "gen_len": args.gen_len,
+        "load": args.load,
     }
     print(
         f"model: {folder} (llama, 100.1M parameters, vocab 32000); python {sys.version.split()[0]}, "
         f"torch {torch.__version__}, {os.cpu_count()} CPU(s); load average {_load()} at the start"
     )
-    for dtype in args.dtypes.split(","):
-        runs: dict[str, list[dict[str, Any]]] = {approach: [] for approach in APPROACHES}
-        for _ in range(args.repeats):
-            for approach in APPROACHES:
-                runs[approach].append(_run_child(approach, dtype, folder, settings))
-        print("\n".join(_table(dtype, runs, settings)), flush=True)
+    load = _start_load(args.load)
+    try:
+        for dtype in args.dtypes.split(","):
+            runs: dict[str, list[dict[str, Any]]] = {approach: [] for approach in APPROACHES}
+            for _ in range(args.repeats):
+                for approach in APPROACHES:
+                    runs[approach].append(_run_child(approach, dtype, folder, settings))
+            print("\n".join(_table(dtype, runs, settings)), flush=True)
+    finally:
+        _stop_load(load)
     print(f"total {time.perf_counter() - started:.0f} s; load average {_load()} at the end")
     return 0
 
