@@ -34,8 +34,9 @@ Faults are injected per file: :meth:`ModelScopeServer.fail` answers N requests
 with an error status, :meth:`ModelScopeServer.cut` sends part of a body and drops
 the connection, :meth:`ModelScopeServer.pause` stalls a body halfway (to make
 downloads overlap). Every request is recorded
-(:attr:`ModelScopeServer.requests`, the token never) so tests can assert "fetched
-once", "never fetched" and "no request at all";
+(:attr:`ModelScopeServer.requests`, the token never), before its headers are sent, so
+tests can assert "fetched once", "never fetched" and "no request at all" as soon as
+the client returns;
 :meth:`ModelScopeServer.forbid_connections` makes any connection to the server's
 port fail the test, for offline tests.
 
@@ -215,7 +216,6 @@ class _Handler(BaseHTTPRequestHandler):
         return match.group(1) if match else None
 
     def _serve(self, method: str) -> None:
-        state = self.server.state
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
@@ -230,16 +230,20 @@ class _Handler(BaseHTTPRequestHandler):
             "range": self.headers.get("Range"),
             "authorized": token is not None,
         }
+        self._record_fields: dict[str, Any] | None = record
         try:
             status, sent = self._route(method, path, query, token, record)
         except _Reply as reply:
-            # Recorded before the client sees the answer, so a test reading `requests` right after finds it.
-            with state.lock:
-                state.requests.append(ModelScopeRequest(status=reply.status, **record))
             self._send_json(reply.status, {"Code": reply.status, "Message": reply.message, "Success": False})
             return
-        with state.lock:
-            state.requests.append(ModelScopeRequest(status=status, bytes_sent=sent, **record))
+        self._record(status, sent)
+
+    def _record(self, status: int, sent: int) -> None:
+        # Called before the headers go out, so a test reading `requests` as soon as its client returns finds it.
+        record, self._record_fields = self._record_fields, None
+        if record is not None:
+            with self.server.state.lock:
+                self.server.state.requests.append(ModelScopeRequest(status=status, bytes_sent=sent, **record))
 
     def _route(
         self, method: str, path: str, query: Mapping[str, str], token: str | None, record: dict[str, Any]
@@ -360,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self._record(status, 0)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -391,6 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("X-Linked-ETag", f'"{entry.sha256}"')
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        cut = fault.cut_after if fault is not None else None
+        self._record(status, 0 if method != "GET" else len(body[:cut]) if cut is not None else len(body))
         self.end_headers()
         if method != "GET":
             return status, 0
