@@ -9,7 +9,7 @@ purpose, the function's docstring says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +26,16 @@ CONTEXT_LENGTH_KEYS = (
     "max_sequence_length",
     "max_seq_length",
     "seq_len",
+)
+#: Sentence-transformers files whose ``max_seq_length`` sets a model's length (vLLM's list and order).
+SENTENCE_TRANSFORMERS_CONFIGS = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
 )
 #: Used when a config states no context length at all (vLLM's default).
 DEFAULT_MAX_MODEL_LEN = 2048
@@ -273,6 +283,34 @@ def derived_max_model_len(
     if encoder_max_seq_length is not None:
         derived, key = encoder_max_seq_length, "encoder max_seq_length"
     return int(derived), key
+
+
+def length_caps(read_json: Callable[[str], Any], hf_config: Any) -> dict[str, int]:
+    """The caps vLLM 0.32 reads beside config.json, as keyword arguments of :func:`resolve_max_model_len`.
+
+    ``read_json(name)`` returns the parsed file ``name`` of the model, or ``None``
+    when the model has none. The first of :data:`SENTENCE_TRANSFORMERS_CONFIGS`
+    present gives ``encoder_max_seq_length`` (its ``max_seq_length``); for a pooling
+    model with ``position_embedding_type: absolute``, tokenizer_config.json's
+    ``model_max_length`` gives ``tokenizer_model_max_length``.
+    """
+    caps: dict[str, int] = {}
+    for name in SENTENCE_TRANSFORMERS_CONFIGS:
+        data = read_json(name)
+        if isinstance(data, Mapping) and data:
+            value = data.get("max_seq_length")
+            if value is not None:
+                caps["encoder_max_seq_length"] = int(_positive_number(value, f"{name}: max_seq_length"))
+            break
+    absolute = getattr(hf_config, "position_embedding_type", "") == "absolute"
+    if absolute and runner_of(getattr(hf_config, "architectures", None)) == "pooling":
+        data = read_json("tokenizer_config.json")
+        value = data.get("model_max_length") if isinstance(data, Mapping) else None
+        if value is not None:
+            caps["tokenizer_model_max_length"] = int(
+                min(_positive_number(value, "tokenizer_config.json: model_max_length"), 2**62)
+            )
+    return caps
 
 
 def resolve_max_model_len(

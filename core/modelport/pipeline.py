@@ -33,7 +33,15 @@ from modelport.errors import (
     UnsupportedFormatError,
     WeightsMissingError,
 )
-from modelport.facts import ModelFacts, apply_overrides, model_facts, resolve_dtype, resolve_max_model_len, text_config
+from modelport.facts import (
+    ModelFacts,
+    apply_overrides,
+    length_caps,
+    model_facts,
+    resolve_dtype,
+    resolve_max_model_len,
+    text_config,
+)
 from modelport.options import LoadOptions
 from modelport.plugins import Answer, PluginHost, get_host
 from modelport.registry import Registry
@@ -308,7 +316,8 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     format_dtype = _format_default_dtype(registry, config_format) if opts.dtype == "auto" else None
     dtype = format_dtype or resolve_dtype(opts.dtype, hf_config, device=opts.device)
     try:
-        max_len = resolve_max_model_len(opts.max_model_len, hf_text)
+        caps = length_caps(lambda name: _json_beside(source, name), hf_config)  # vLLM's tokenizer/ST caps
+        max_len = resolve_max_model_len(opts.max_model_len, hf_text, **caps)
         facts = model_facts(hf_config, hf_text)
         check_config_values(hf_text)  # NaN, zero, negative sizes (modelport.config_checks)
     except InvalidConfigError as exc:
@@ -563,6 +572,19 @@ def _checked(weights: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise ModelportError(f"a weights reader yielded {type(item).__name__}, expected (name, tensor)")
         yield item
+
+
+def _json_beside(source: Source, name: str) -> Any:
+    """The parsed JSON file ``name`` of the model, or ``None`` when it has none (see ``facts.length_caps``)."""
+    import json
+
+    if not source.exists(name):
+        return None
+    path = source.fetch(name)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidConfigError(str(path), f"{name} is not a readable JSON file: {exc}") from exc
 
 
 def _check_architectures(hf_config: Any, location: str) -> None:

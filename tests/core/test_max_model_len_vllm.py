@@ -12,9 +12,13 @@ speculative-decoding target length have no counterpart in modelport.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import transformers
 
+import modelport
+from modelport import hookimpl
 from modelport.errors import InvalidConfigError, InvalidOptionError
 from modelport.facts import DEFAULT_MAX_MODEL_LEN, derived_max_model_len, resolve_max_model_len
 
@@ -257,3 +261,56 @@ def test_vllm_allow_long_max_model_len_is_not_honoured_on_purpose(monkeypatch):
     monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
     with pytest.raises(InvalidOptionError):
         resolve_max_model_len(8192, transformers.LlamaConfig(max_position_embeddings=4096))
+
+
+# --- 6. the files beside the config, through resolve() -----------------------------------------
+
+
+class _Encoders:
+    @hookimpl
+    def modelport_register_architectures(self, register):
+        register("BertModel", "toy_model:ToyModel", impl="native")
+
+
+@pytest.fixture
+def encoders(toy):
+    from modelport.testing import registered_plugin
+
+    with registered_plugin(_Encoders(), "toy-encoders", host=toy):
+        yield toy
+
+
+def _pooling_model(toy_model, **fields):
+    return toy_model(architectures=["BertModel"], position_embedding_type="absolute", **fields)
+
+
+def test_resolve_caps_a_pooling_model_by_its_tokenizer_config_vllm_gives_500(encoders, toy_model):
+    folder = _pooling_model(toy_model)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 500}))
+    assert modelport.resolve(str(folder)).max_model_len == 500
+
+
+def test_resolve_ignores_the_tokenizer_config_of_a_generative_model_vllm_gives_512(toy_native, toy_model):
+    folder = toy_model(position_embedding_type="absolute")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 500}))
+    assert modelport.resolve(str(folder)).max_model_len == 512
+
+
+def test_resolve_ignores_the_tokenizer_config_without_absolute_positions_vllm_gives_512(encoders, toy_model):
+    folder = toy_model(architectures=["BertModel"])
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 500}))
+    assert modelport.resolve(str(folder)).max_model_len == 512
+
+
+def test_resolve_takes_sentence_transformers_max_seq_length_vllm_gives_256(encoders, toy_model):
+    folder = _pooling_model(toy_model)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": False}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 500}))
+    assert modelport.resolve(str(folder)).max_model_len == 256
+
+
+def test_a_malformed_file_beside_the_config_is_a_typed_error_naming_it(encoders, toy_model):
+    folder = _pooling_model(toy_model)
+    (folder / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(InvalidConfigError, match=r"tokenizer_config\.json"):
+        modelport.resolve(str(folder))
