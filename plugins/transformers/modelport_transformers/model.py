@@ -182,7 +182,7 @@ class TransformersModel:
             return logits
         return logits.index_select(0, step.last_rows)
 
-    @property
+    @functools.cached_property
     def _keeps_logits(self) -> bool:
         """Whether the module's forward takes ``logits_to_keep`` (projecting only the rows a step returns)."""
         import inspect
