@@ -12,11 +12,14 @@ traceback, and exit with status 1 (2 for usage errors).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,10 +191,85 @@ def _version() -> str:
     return __version__
 
 
+class TerminalProgress:
+    """Draws the pipeline's progress events (:mod:`modelport.progress`) on a terminal, one line at a time.
+
+    ``loading transformers…`` when the config step is still importing it after
+    ``delay`` seconds, and a bar over the bytes of weights read. Each line is
+    erased when its step ends, so the command's own output stays as it was.
+    """
+
+    def __init__(self, stream: Any, delay: float = 1.0) -> None:
+        self.stream = stream
+        self.delay = delay
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._showing = False
+        self._percent = -1
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        """A listener for :func:`modelport.progress.listening`."""
+        if event == "config_started" and data.get("imports"):
+            name = "transformers" if "transformers" in data["imports"] else str(data["imports"][-1])
+            self._timer = threading.Timer(self.delay, self._show, args=(f"loading {name}\u2026",))
+            self._timer.daemon = True
+            self._timer.start()
+        elif event == "config_finished":
+            self.clear()
+        elif event == "weights_read":
+            self._weights(int(data.get("done", 0)), int(data.get("total", 0)))
+
+    def _weights(self, done: int, total: int) -> None:
+        if total <= 0:
+            self._show(f"reading weights {done / 1e6:.1f} MB")
+            return
+        percent = min(100, done * 100 // total)
+        if percent == self._percent:
+            return
+        self._percent = percent
+        filled = percent * 24 // 100
+        bar = "#" * filled + "." * (24 - filled)
+        self._show(f"reading weights [{bar}] {percent:3d}% of {total / 1e6:.1f} MB")
+
+    def _show(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(f"\r\x1b[K{text}")
+            self.stream.flush()
+            self._showing = True
+
+    def clear(self) -> None:
+        """Cancel a pending line and erase the one shown."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with self._lock:
+            if self._showing:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self._showing = False
+
+
+@contextlib.contextmanager
+def _progress() -> Any:
+    """Progress on stderr while the block runs, when stderr is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from modelport import progress
+
+    drawer = TerminalProgress(sys.stderr)
+    try:
+        with progress.listening(drawer):
+            yield drawer
+    finally:
+        drawer.clear()
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from modelport.pipeline import resolve
 
-    resolved = resolve(args.reference, strict=args.strict, **_options_from_args(args))
+    with _progress():
+        resolved = resolve(args.reference, strict=args.strict, **_options_from_args(args))
     if args.json:
         print(json.dumps({"version": JSON_VERSION, **resolved.to_dict()}, indent=2, default=str))
         return 0
@@ -247,7 +325,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     params = _sampling_from_args(args)
     prompt: str | list[int] = _prompt_ids(args.prompt) if args.prompt_ids else args.prompt
-    llm = LLM(args.reference, **_options_from_args(args))
+    with _progress():
+        llm = LLM(args.reference, **_options_from_args(args))
     if llm.get_tokenizer() is None:
         if isinstance(prompt, str):
             from modelport.errors import InvalidOptionError
@@ -265,10 +344,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             raise ExecutorError(output.error)
         sys.stdout.write(" ".join(str(t) for t in output.outputs[0].token_ids) + "\n")
         return 0
+    start, first = time.perf_counter(), None
     for piece in llm.stream(prompt, params):
+        first = first if first is not None else time.perf_counter() - start
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if sys.stderr.isatty() and first is not None:
+        sys.stderr.write(f"(first token after {first:.2f} s, all in {time.perf_counter() - start:.2f} s)\n")
     return 0
 
 
@@ -277,7 +360,8 @@ def _cmd_chat(args: argparse.Namespace, stdin: Any = None) -> int:
 
     stdin = stdin or sys.stdin
     params = _sampling_from_args(args)
-    llm = LLM(args.reference, **_options_from_args(args))
+    with _progress():
+        llm = LLM(args.reference, **_options_from_args(args))
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

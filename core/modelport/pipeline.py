@@ -13,13 +13,16 @@ trace. Order of config handling, fixed and documented:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelport import progress
 from modelport.config_checks import check_config_values, check_model_fits
 from modelport.errors import (
     InvalidConfigError,
@@ -260,6 +263,7 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
         config_format = opts.config_format
         trace.record("format", "modelport", config_format, "given by config_format option", 0.0)
 
+    progress.report("config_started", imports=[m for m in ("torch", "transformers") if m not in sys.modules])
     try:
         answer = run.ask(
             "config",
@@ -280,6 +284,8 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
             f"config_format={config_format!r} was given, but its files are not there: "
             + (exc.args[0].split(": ", 1)[-1] if exc.args else ""),
         ) from exc
+    finally:
+        progress.report("config_finished")
     if answer.value is None:
         raise UnsupportedFormatError(
             config_source.location, registry.names("config_format"), f"no installed plugin parses {config_format!r}"
@@ -508,7 +514,7 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         )
     with trace.timed("load_weights", resolved.architecture.plugin, "", "") as info:
         with weights_being_read(resolved.weight_files):  # a tensor that does not fit names its file
-            report = model.load_weights(_checked(answer.value))
+            report = model.load_weights(_counted(_checked(answer.value), resolved.weight_files))
         if not isinstance(report, WeightReport):
             report = WeightReport()
         if not resolved.weight_files.files:
@@ -585,6 +591,20 @@ def _json_beside(source: Source, name: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidConfigError(str(path), f"{name} is not a readable JSON file: {exc}") from exc
+
+
+def _counted(weights: Iterator[tuple[str, Any]], files: WeightFiles) -> Iterator[tuple[str, Any]]:
+    """``weights`` unchanged, reporting the bytes read so far against the files' size (``weights_read``)."""
+    total = 0
+    for name in files.files:
+        with contextlib.suppress(OSError, ModelportError):
+            total += files.source.fetch(name).stat().st_size  # fetched already: a local path
+    done = 0
+    for item in weights:
+        done += int(getattr(item[1], "nbytes", 0))
+        progress.report("weights_read", done=done, total=total)
+        yield item
+    progress.report("weights_read", done=max(done, total), total=total)  # headers and indexes read too
 
 
 def _check_architectures(hf_config: Any, location: str) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import modelport
 from modelport import hookimpl
-from modelport.cli import JSON_VERSION, cli_spelling, main
+from modelport.cli import JSON_VERSION, TerminalProgress, cli_spelling, main
 from modelport.errors import TokenizerError
 from modelport.testing import registered_plugin
 from modelport.types import LocalSource
@@ -328,3 +331,85 @@ def test_a_closed_pipe_ends_quietly():
     )
     assert proc.stdout == "{"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+class Terminal(io.StringIO):
+    """What TerminalProgress writes to, standing in for a terminal's stderr."""
+
+    def isatty(self):
+        return True
+
+
+def test_progress_shows_loading_transformers_after_a_delay_and_erases_it():
+    stream = Terminal()
+    drawer = TerminalProgress(stream, delay=0.05)
+    drawer("config_started", {"imports": ["torch", "transformers"]})
+    deadline = time.monotonic() + 5
+    while "loading" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "\r\x1b[Kloading transformers\u2026"
+    drawer("config_finished", {})
+    assert stream.getvalue().endswith("\r\x1b[K")
+
+
+def test_progress_says_nothing_for_a_quick_config_step_or_one_with_nothing_to_import():
+    stream = Terminal()
+    drawer = TerminalProgress(stream, delay=0.2)
+    drawer("config_started", {"imports": ["transformers"]})
+    drawer("config_finished", {})  # done before the delay: no line at all
+    drawer("config_started", {"imports": []})
+    time.sleep(0.3)
+    assert stream.getvalue() == ""
+
+
+def test_progress_draws_a_bar_over_the_bytes_of_weights_read():
+    stream = Terminal()
+    drawer = TerminalProgress(stream)
+    for done in (0, 500_000, 510_000, 2_000_000):
+        drawer("weights_read", {"done": done, "total": 2_000_000})
+    drawer.clear()
+    frames = stream.getvalue().split("\r\x1b[K")
+    assert frames[1:] == [
+        "reading weights [........................]   0% of 2.0 MB",
+        "reading weights [######..................]  25% of 2.0 MB",  # 510_000 is still 25%: not redrawn
+        "reading weights [########################] 100% of 2.0 MB",
+        "",
+    ]
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(toy, toy_model, capsys):
+    args = ["generate", str(toy_model()), "--skip-tokenizer-init", "--load-format", "dummy", "--max-tokens", "2"]
+    assert main([*args, "--prompt-ids", "1 2"]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b[K" not in err and "reading weights" not in err and "first token" not in err
+
+
+@needs_hf
+def test_on_a_terminal_generate_shows_the_weights_bar_and_the_time_to_first_token(tmp_path):
+    import pty
+
+    controller, terminal = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "generate", "default", "ROMEO:", "--max-tokens", "4", "--seed", "0"],
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+        cwd=tmp_path,
+        env=environ,
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0
+    os.close(controller)
+    text = seen.decode()
+    assert "reading weights [########################] 100% of 4.0 MB" in text
+    assert re.search(r"\(first token after \d+\.\d\d s, all in \d+\.\d\d s\)", text)
+    assert proc.stdout is not None and "reading weights" not in proc.stdout.read().decode()
