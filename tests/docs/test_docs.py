@@ -321,6 +321,15 @@ def test_the_tokenizer_protocol_lists_every_member_the_checker_checks():
     assert sorted({*TOKENIZER_MEMBERS, *CHAT_MEMBERS} - members) == []
 
 
+def test_every_progress_event_the_code_reports_is_in_the_integrator_guide():
+    reported = set()
+    for path in (ROOT / "core" / "modelport").rglob("*.py"):
+        reported |= set(re.findall(r'progress\.report\(\s*"(\w+)"', path.read_text(encoding="utf-8")))
+    assert reported, "no progress events found: has the pipeline stopped reporting them?"
+    documented = {backticked(row[0]) for row in table_rows(section(page("integrator-guide.md"), "Progress"))}
+    assert sorted(reported - documented) == []
+
+
 def _documented_names(name: str, title: str) -> list[str | None]:
     """First-column names of the first table under ``title``."""
     text = section(page(name), title)
