@@ -188,3 +188,30 @@ def test_concurrent_loads_fetch_each_file_once(tiny_ms_repo, modelscope_server):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert modelscope_server.downloads(name) == 1, name
     assert not list(Path(results[0].resolved.source.folder).rglob("*.incomplete"))
+
+
+def test_token_false_sends_no_token_even_with_one_in_the_environment(modelscope_server, monkeypatch):
+    modelscope_server.add_repo("org/private", {"config.json": "{}"}, private=True, tokens=[SECRET])
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", SECRET)
+    assert ModelScopeSource.from_options("org/private", LoadOptions()).list_files() == ["config.json"]
+    with pytest.raises(AccessDeniedError, match="no token was sent"):
+        ModelScopeSource.from_options("org/private", LoadOptions(token=False))
+    assert [r.authorized for r in modelscope_server.requests if r.kind == "files"] == [True, False]
+
+
+def test_describe_says_where_the_files_are_and_never_the_token(tiny_ms_repo, tmp_path):
+    source = ModelScopeSource.from_options("org/tiny", LoadOptions(token=SECRET))
+    described = source.describe()
+    assert described["kind"] == "modelscope" and described["revision"] == "master"
+    assert described["requested_revision"] is None and described["layout"] == "snapshots"
+    assert described["folder"] == str(_snapshot(tmp_path).resolve())
+    assert described["endpoint"].startswith("http://127.0.0.1:")
+    assert SECRET not in json.dumps(described) + repr(source)
+
+
+def test_a_revision_that_would_leave_the_cache_is_refused(modelscope_server):
+    from modelport.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError, match="revision"):
+        ModelScopeSource.from_options("org/tiny", LoadOptions(revision="../../elsewhere"))
+    assert modelscope_server.requests == []

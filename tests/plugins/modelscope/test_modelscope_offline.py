@@ -141,3 +141,21 @@ def test_a_modelscope_downloaded_folder_is_a_local_path(tiny_ms_repo, tmp_path, 
     assert "configuration.json" in loaded.resolved.source.list_files()
     assert not {".mdl", ".msc", ".mv"} & set(loaded.resolved.source.list_files())
     assert loaded.weights.missing == () and loaded.resolved.hf_config.model_type == "llama"
+
+
+def test_the_older_layouts_names_and_revision_files_are_read_as_modelscope_wrote_them(tmp_path):
+    from modelport_modelscope.source import escaped_name, folder_revision, legacy_folders
+
+    assert escaped_name("Qwen2.5-0.5B-Instruct") == "Qwen2___5-0___5B-Instruct"
+    cache = tmp_path / "c"
+    assert legacy_folders(cache, "Qwen/Qwen2.5-0.5B")[:2] == [
+        cache / "models" / "Qwen" / "Qwen2___5-0___5B",
+        cache / "hub" / "models" / "Qwen" / "Qwen2___5-0___5B",
+    ]
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert folder_revision(folder) is None
+    (folder / ".mv").write_text("Revision:v1.0.2,CreatedAt:1712345678")
+    assert folder_revision(folder) == "v1.0.2"
+    (folder / ".mv").write_text("master\n")
+    assert folder_revision(folder) == "master"
