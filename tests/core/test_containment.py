@@ -10,13 +10,18 @@ import pytest
 
 from modelport.containment import contained_file, is_plain_relative
 from modelport.errors import InvalidConfigError, ModelportError
-from modelport.testing import make_tiny_model
 from modelport.types import LocalSource
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("contained") / "m", tokenizer=False, num_hidden_layers=1)
+    """A folder with the files of a model (their contents do not matter to a source)."""
+    folder = tmp_path_factory.mktemp("contained") / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
 
 
 @pytest.fixture

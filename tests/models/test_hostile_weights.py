@@ -9,6 +9,7 @@ native model and with the Transformers backend.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,15 +21,8 @@ from modelport.testing import make_tiny_model
 
 pytest.importorskip("modelport_hf", reason="the checkpoints are Hugging Face folders")
 
-IMPLS = [
-    "native",
-    pytest.param(
-        "transformers",
-        marks=pytest.mark.skipif(
-            not __import__("importlib").util.find_spec("modelport_transformers"), reason="needs modelport-transformers"
-        ),
-    ),
-]
+HAS_BACKEND = importlib.util.find_spec("modelport_transformers") is not None
+IMPLS = ["native", pytest.param("transformers", marks=pytest.mark.skipif(not HAS_BACKEND, reason="no backend"))]
 
 
 def _rewrite(path: Path, change) -> None:
