@@ -1,6 +1,8 @@
 """Load GGUF files (Q8_0 and Q4_K): modelport against transformers' ``from_pretrained(gguf_file=...)``.
 
-    python benchmarks/bench_gguf.py [--repeats 3] [--cache-dir DIR] [--quick]
+    python benchmarks/bench_gguf.py [--repeats 3] [--cache-dir DIR] [--quick] [--threads N]
+
+transformers' GGUF loading needs ``accelerate`` (``pip install accelerate``).
 
 Two llama-style GGUF files are written once under the cache folder by the
 testing kit (``modelport.testing.gguf_files``): a kit model (hidden 1024, 36
@@ -29,7 +31,9 @@ modelport's torch kernels and of gguf-py's numpy ``dequantize`` on the largest
 tensor of each file (best of three).
 
 The machine's load average is printed first: the figures are only comparable
-as ratios measured in the same run.
+as ratios measured in the same run. On a machine busier than its cores,
+torch's OpenMP threads wait on each other; ``--threads 1`` gives both sides
+one thread.
 """
 
 from __future__ import annotations
@@ -88,7 +92,15 @@ def gguf_files(cache_dir: Path, quick: bool) -> dict[str, Path]:
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak RSS: ``VmHWM`` (reset by exec, unlike ``ru_maxrss``, which a child inherits)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, bytes on macOS
 
 
 def _touch(module: Any) -> int:
@@ -105,10 +117,13 @@ def _touch(module: Any) -> int:
     return total
 
 
-def child(approach: str, path: Path) -> dict[str, Any]:
+def child(approach: str, path: Path, threads: int) -> dict[str, Any]:
     """Load ``path`` with ``approach`` in this process, after the common imports."""
     import gguf  # noqa: F401
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -134,12 +149,12 @@ def child(approach: str, path: Path) -> dict[str, Any]:
 # --- the parent -------------------------------------------------------------------------
 
 
-def _run_child(approach: str, path: Path) -> dict[str, Any]:
+def _run_child(approach: str, path: Path, threads: int) -> dict[str, Any]:
     env = {**os.environ, "MODELPORT_PLUGINS": "modelport-hf,modelport-gguf", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MODELPORT_DISABLE_PLUGINS", None)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", approach, str(path)],
+        [sys.executable, __file__, "--child", approach, str(path), "--threads", str(threads)],
         capture_output=True,
         text=True,
         env=env,
@@ -196,22 +211,28 @@ def main(argv: list[str] | None = None) -> int:
         help="where the benchmark files are built and kept",
     )
     parser.add_argument("--quick", action="store_true", help="a small model and one repeat (checks the script runs)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in every measurement (default: torch's own choice)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("APPROACH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        print(json.dumps(child(args.child[0], Path(args.child[1]), args.threads)))
         return 0
     repeats = 1 if args.quick else args.repeats
     started = time.perf_counter()
     files = gguf_files(args.cache_dir, args.quick)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    print(f"python {sys.version.split()[0]}; {repeats} run(s) per approach, medians")
+    print(
+        f"python {sys.version.split()[0]}; {repeats} run(s) per approach, medians; "
+        f"torch threads {args.threads or 'default'}"
+    )
     for ggml_type, path in files.items():
         runs: dict[str, list[dict[str, Any]]] = {a: [] for a in APPROACHES}
         for _ in range(repeats):
             for approach in APPROACHES:
                 _warm_file(path)
-                runs[approach].append(_run_child(approach, path))
+                runs[approach].append(_run_child(approach, path, args.threads))
         weights_mib = runs["modelport"][0]["weights"] / 2**20
         print(
             f"\n{ggml_type}: {path.name} ({path.stat().st_size / 2**20:.0f} MiB), float32 weights {weights_mib:.0f} MiB"
@@ -233,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  modelport peak RSS over base / weights: {mp['over'] / weights_mib:.2f}   (target <= 1.3)")
     print()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     for path in files.values():
         type_name, ours, theirs = dequantisation(path)
         print(

@@ -169,7 +169,9 @@ def _looks_like_repo(base: str) -> bool:
     return looks_like_repo_id(base) and "/" in base
 
 
-def _hub(reference: str, repo_id: str, options: LoadOptions, pick: object, how: str) -> Decision[Source]:
+def _hub(reference: str, repo_id: str, options: LoadOptions, pick: object, how: str) -> Decision[Source] | None:
+    if getattr(options, "effective_hub", "hf") != "hf":
+        return None  # repository ids go to the hub chosen (modelport-modelscope picks the GGUF file itself)
     from modelport_hf.hub import HubSource
 
     source = HubSource.from_options(repo_id, options)
