@@ -321,6 +321,18 @@ def test_the_tokenizer_protocol_lists_every_member_the_checker_checks():
     assert sorted({*TOKENIZER_MEMBERS, *CHAT_MEMBERS} - members) == []
 
 
+@pytest.mark.parametrize("path", ["README.md", "docs/src/user-guide.md"])
+def test_the_install_instructions_cover_every_plugin_and_the_pinned_cpu_torch(path):
+    text = (ROOT / path).read_text(encoding="utf-8")
+    for folder in sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml")):
+        name = f"modelport-{folder.name}"
+        assert f'pip install "{name} @ git+$REPO#subdirectory=plugins/{folder.name}"' in text, name
+    [pin] = re.findall(r"^torch==(\S+)$", (ROOT / "tests" / "constraints.txt").read_text(), re.M)
+    assert f"pip install torch=={pin} --index-url https://download.pytorch.org/whl/cpu" in text
+    assert "pip install -e . -e plugins/hf" in text
+    assert re.search(r"(Nothing|None\s+of\s+them)\s+is\s+on\s+PyPI\s+yet", text)
+
+
 def test_every_progress_event_the_code_reports_is_in_the_integrator_guide():
     reported = set()
     for path in (ROOT / "core" / "modelport").rglob("*.py"):
