@@ -333,6 +333,14 @@ def test_the_install_instructions_cover_every_plugin_and_the_pinned_cpu_torch(pa
     assert re.search(r"(Nothing|None\s+of\s+them)\s+is\s+on\s+PyPI\s+yet", text)
 
 
+def test_examples_name_the_shipped_model_as_default_not_by_its_path_in_a_clone():
+    """``default`` works from any folder; ``core/modelport/data/default-model`` only from a clone's root."""
+    pages = [ROOT / "README.md", *PAGES.glob("*.md"), *ROOT.glob("plugins/*/README.md")]
+    typed = re.compile(r"(?<![\w/.])core/modelport/data/default-model")  # as typed, not inside an absolute path
+    stale = [p.relative_to(ROOT).as_posix() for p in pages if typed.search(p.read_text(encoding="utf-8"))]
+    assert stale == []
+
+
 def test_every_progress_event_the_code_reports_is_in_the_integrator_guide():
     reported = set()
     for path in (ROOT / "core" / "modelport").rglob("*.py"):
