@@ -291,7 +291,7 @@ class HubSource(Source):
                 raise ReferenceNotFoundError(self.repo_id, f"no file {path!r} in {self.location}")
             local = self.snapshot_dir / path
             if local.is_file():
-                found[path] = local
+                found[path] = self._inside_cache(path, local)
             else:
                 missing.append(path)
         if missing and self.offline:
@@ -299,6 +299,19 @@ class HubSource(Source):
         for path in missing:
             found[path] = self._download(path)
         return {path: found[path] for path in wanted}
+
+    def _inside_cache(self, path: str, local: Path) -> Path:
+        """``local`` if it resolves into this commit's snapshot or the repository's blobs (the cache's own links)."""
+        from modelport.containment import refusal
+
+        real = local.resolve()
+        if not any(real.is_relative_to(root.resolve()) for root in (self.snapshot_dir, self.storage / "blobs")):
+            raise refusal(
+                str(self.snapshot_dir),
+                path,
+                f"is a link leading outside the cache's snapshot and blobs (to {real}); it is not read",
+            )
+        return local
 
     def describe(self) -> dict[str, Any]:
         """Kind, location and commit, plus how they were found; never the token."""

@@ -216,3 +216,18 @@ def test_a_tokenizer_json_over_the_size_cap_is_a_tokenizer_error(model, monkeypa
     with pytest.raises((TokenizerError, InvalidConfigError)) as info:
         modelport.load(str(model))
     assert ".json" in str(info.value) and MAX_JSON_BYTES_ENV in str(info.value)
+
+
+def test_a_hub_cache_file_relinked_outside_the_cache_is_refused(tiny_repo, hub_server, tmp_path):
+    resolved = modelport.resolve("org/tiny", skip_tokenizer_init=True)
+    snapshot = resolved.source.snapshot_dir
+    secret = tmp_path / "secret.json"
+    secret.write_text((snapshot / "config.json").read_text())
+    (snapshot / "config.json").unlink()
+    (snapshot / "config.json").symlink_to(secret)
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve("org/tiny", skip_tokenizer_init=True, offline=True)
+    assert "'config.json'" in str(info.value) and str(secret) in str(info.value)
+    # The cache's own links (snapshot -> blobs) are what every other test loads through.
+    (snapshot / "config.json").unlink()
+    assert modelport.load("org/tiny").weights.loaded
