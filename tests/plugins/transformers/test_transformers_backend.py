@@ -151,3 +151,33 @@ def test_backend_keeps_the_model_protocol_and_agrees_with_the_native_model(tiny_
     assert (got[backend][0] - torch.cat(expected)).abs().max() < 1e-5
     for mine, theirs in zip(got[native], got[backend], strict=True):
         assert mine.shape == theirs.shape and (mine - theirs).abs().max() < 1e-4
+
+
+def test_the_cpu_executor_runs_each_step_as_one_forward_of_the_module():
+    """Core and this plugin alone: continuous batching over a GPT-2, one module forward per executor step."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modelport.executor import CPUExecutor, ExecutorSettings
+    from modelport.sampling import SamplingParams
+
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=80, initializer_range=0.1)
+    config.architectures = ["GPT2LMHeadModel"]
+    torch.manual_seed(0)
+    reference = GPT2LMHeadModel(config).eval()
+    reference.generation_config.eos_token_id = None
+    model = TransformersModel.from_config(config, dtype="float32", device="cpu")
+    report = model.load_weights(reference.state_dict().items())
+    assert report.missing == () and report.unexpected == () and model.batched
+    forwards = []
+    model.module.register_forward_hook(lambda module, args, output: forwards.append(1))
+    settings = ExecutorSettings(max_num_seqs=2, max_num_batched_tokens=5, block_size=4)
+    executor = CPUExecutor(model, None, max_model_len=64, vocab_size=80, settings=settings)
+    prompts = [[3, 14, 15, 9, 26, 5], [35, 8], [9, 7, 9, 3]]
+    outputs = executor.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    with torch.no_grad():
+        want = [
+            reference.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False)[0, len(p) :].tolist()
+            for p in prompts
+        ]
+    assert [o.outputs[0].token_ids for o in outputs] == want
+    assert len(forwards) == executor.steps < sum(len(p) + 6 for p in prompts) // 2
