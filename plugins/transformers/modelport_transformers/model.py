@@ -83,10 +83,10 @@ class TransformersModel:
         ``lm_head`` in GPT-NeoX, a missing or extra base-model prefix), as
         ``from_pretrained`` renames them; a weight that only one of
         transformers' merging conversions (fused experts) would fit stays
-        unexpected. A weight
-        whose name is not one of them, or whose shape differs from its
-        parameter's, is reported ``unexpected`` (and that parameter stays
-        ``missing``). Every parameter or persistent buffer no weight filled is
+        unexpected. A weight whose name is not one of them is reported
+        ``unexpected``; one whose shape or kind of dtype differs from its
+        parameter's raises :class:`~modelport.errors.WeightsCorruptError`
+        (``modelport.weight_checks.check_weight_fits``). Every parameter or persistent buffer no weight filled is
         reported ``missing`` and initialised the way the model initialises it;
         a tied weight (``lm_head.weight`` with ``tie_word_embeddings``) that the
         checkpoint leaves out is tied, not missing. Non-persistent buffers
