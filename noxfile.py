@@ -184,6 +184,9 @@ def vllm_parity(session: nox.Session) -> None:
     (``python tests/vllm_parity.py --requirements``; vLLM 0.32 asks for transformers
     >=5.16.1,<5.20). Arguments go to tests/vllm_parity.py: ``-- --write DIR`` writes vLLM's
     answers in the shape of the corpus expectations, to refresh them for the next vLLM.
+    vLLM's multimodal model modules import torchvision, whose CPU build comes only from
+    PyTorch's own index (the PyPI build needs CUDA torch): where that index is out of reach,
+    vLLM fails to inspect those architectures and the table shows it.
     """
     install_projects(session, ".", "plugins/hf", "plugins/transformers", extra=("packaging",))
     pip_install(session, "--no-deps", "vllm==0.32.0")
