@@ -31,7 +31,7 @@ from modelport.errors import ModelportError
 from modelport.testing import make_tiny_model
 
 #: Examples per reader: small in the normal suite, large under ``nox -s fuzz``.
-EXAMPLES = int(os.environ.get("MODELPORT_FUZZ_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("MODELPORT_FUZZ_EXAMPLES", "10"))
 #: Seconds one example may take (resolve and load together).
 SECONDS = 5.0
 #: Python memory an example may use besides twice its input (parsers, config objects, tokenizer tables).
