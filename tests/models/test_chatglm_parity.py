@@ -366,3 +366,16 @@ def test_chatglm_for_conditional_generation_is_vllms_alias_and_the_trace_says_so
     ids = torch.tensor([4, 9, 30, 2, 77])
     got = runner.step({0: ids}, all_logits=True).double()
     assert (got - reference_logits(tensors, config, ids.tolist())).abs().max().item() < TOLERANCE
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_stays_close_to_the_reference(dtype, tmp_path, one_thread):  # noqa: F811
+    """The published checkpoints are float16/bfloat16: the model runs in them (cos/sin cast as the remote code does)."""
+    config = config_of()
+    tensors = write_model(tmp_path, config)
+    loaded = modelport.load(str(tmp_path), dtype=dtype, skip_tokenizer_init=True)
+    assert str(next(loaded.model.parameters()).dtype) == f"torch.{dtype}"
+    ids = torch.tensor([4, 9, 30, 2, 77, 15, 60])
+    got = PagedRunner(loaded.model).step({0: ids}, all_logits=True).double()
+    expected = reference_logits(tensors, config, ids.tolist())
+    assert (got - expected).abs().max().item() < 0.15 * expected.abs().max().item()

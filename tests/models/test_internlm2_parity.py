@@ -270,3 +270,13 @@ def test_greedy_generation_through_llm_equals_the_reference(tmp_path, one_thread
         expected.append(token)
         ids.append(token)
     assert list(output.outputs[0].token_ids) == expected
+
+
+def test_bfloat16_stays_close_to_the_reference(tmp_path, one_thread):  # noqa: F811
+    config = config_of()
+    tensors = write_model(tmp_path, config)
+    loaded = modelport.load(str(tmp_path), dtype="bfloat16", skip_tokenizer_init=True, trust_remote_code=True)
+    ids = torch.tensor([5, 11, 42, 8, 70, 3])
+    got = PagedRunner(loaded.model).step({0: ids}, all_logits=True).double()
+    expected = reference_logits(tensors, config, ids.tolist())
+    assert (got - expected).abs().max().item() < 0.15 * expected.abs().max().item()
