@@ -129,7 +129,8 @@ class WeightReport:
     Attributes:
         loaded: names of parameters filled from the weights.
         missing: parameters that no weight filled, although the load format
-            reads weights (the model initialised them its own way).
+            reads weights (the model initialised them its own way); ``load()``
+            refuses such a load with a ``WeightsMissingError`` naming them.
         unexpected: weights that matched no parameter.
         initialised: parameters left at the model's own (random)
             initialisation on purpose, because the load format reads no

@@ -367,8 +367,10 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> WeightReport:
         """Copy ``(name, tensor)`` pairs into the parameters, converting dtype and device.
 
-        A name that matches no parameter, or whose shape differs from its
-        target's, is reported ``unexpected``. Parameters that no weight
+        A name that matches no parameter is reported ``unexpected``; a tensor
+        whose shape or kind of dtype does not fit its target raises
+        :class:`~modelport.errors.WeightsCorruptError` naming it (see
+        :mod:`modelport.weight_checks`). Parameters that no weight
         filled (or filled only in part, for a fused parameter) are reported
         ``missing`` and what no weight filled is initialised (norm weights to
         one, biases to zero, the others from a normal distribution of
