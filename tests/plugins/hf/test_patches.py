@@ -101,13 +101,15 @@ def test_linear_factor_scales_the_context_once(tmp_path):
         _resolve(ref, max_model_len=8192)
 
 
-def test_yarn_scales_the_original_length(tmp_path):
+def test_yarn_keeps_the_stated_length_as_vllm_0_32_does(tmp_path):
+    # vLLM 0.32 stopped multiplying the length by a YaRN factor (it had given 131072 here):
+    # the config's own max_position_embeddings is the model's length.
     ref = _write(
         tmp_path / "m",
         max_position_embeddings=32768,
         rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
     )
-    assert _resolve(ref).max_model_len == 131072
+    assert _resolve(ref).max_model_len == 32768
 
 
 def test_llama3_scaling_leaves_the_length_alone(tmp_path):
