@@ -183,8 +183,8 @@ def check_config_values(hf_text_config: Any) -> None:
     """Refuse size fields that are NaN, infinite, zero, negative or of the wrong type.
 
     Fields that are absent or ``None`` pass (other rules decide what they
-    default to), and so does ``head_dim: 0`` (:data:`ZERO_MEANS_UNSET`). The error names the field and value; the file is ``config``
-    (the pipeline puts the config's own location in).
+    default to), and so does ``head_dim: 0`` (:data:`ZERO_MEANS_UNSET`). The error names the
+    field and value; the file is ``config`` (the pipeline puts the config's own location in).
 
     Raises:
         InvalidConfigError: the first bad field.
