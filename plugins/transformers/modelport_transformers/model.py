@@ -13,6 +13,7 @@ tied weights are tied, the same steps in the same order as transformers'
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -71,6 +72,9 @@ class TransformersModel:
         if _attends_through_interface(model_cls):
             register_attention()
             kwargs["attn_implementation"] = ATTENTION
+            # The module keeps the config it is given and records its attention function there: a copy
+            # leaves the caller's config (the pipeline's, a user's) as it was.
+            hf_config = copy.deepcopy(hf_config)
         with torch.device("meta"), initialization.no_tie_weights():
             module = model_cls._from_config(hf_config, dtype=getattr(torch, dtype), **kwargs)
         return cls(module.eval(), device=device)
@@ -190,7 +194,7 @@ class TransformersModel:
         return "logits_to_keep" in inspect.signature(self.module.forward).parameters
 
     def _plain(self, input_ids: Any) -> Any:
-        """The module's logits for ``[batch, seq]`` token ids, with no cache (transformers' SDPA attention)."""
+        """The module's logits for ``[batch, seq]`` token ids, with no cache (transformers' SDPA or eager attention)."""
         import torch
 
         module = self.module
@@ -198,8 +202,9 @@ class TransformersModel:
         if not self.batched:
             with torch.no_grad():
                 return module(input_ids=input_ids).logits
-        # transformers builds its masks (causal, sliding windows) only for the implementations it knows.
-        config._attn_implementation = "sdpa"
+        # transformers builds its masks (causal, sliding windows) only for the implementations it knows;
+        # SDPA cannot soft-cap scores (Gemma 2), eager attention can.
+        config._attn_implementation = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
         try:
             with torch.no_grad():
                 return module(input_ids=input_ids).logits

@@ -181,3 +181,28 @@ def test_the_cpu_executor_runs_each_step_as_one_forward_of_the_module():
         ]
     assert [o.outputs[0].token_ids for o in outputs] == want
     assert len(forwards) == executor.steps < sum(len(p) + 6 for p in prompts) // 2
+
+
+def test_building_leaves_the_callers_config_alone_and_a_plain_forward_soft_caps_like_transformers():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=64,
+        vocab_size=50,
+        sliding_window=3,
+        architectures=["Gemma2ForCausalLM"],
+    )
+    before = config._attn_implementation
+    model = TransformersModel.from_config(config, dtype="float32", device="cpu")
+    assert config._attn_implementation == before and model.batched
+    torch.manual_seed(0)
+    reference = Gemma2ForCausalLM(config).eval()
+    model.load_weights(reference.state_dict().items())
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42, 7]])
+    with torch.no_grad():
+        assert (model.forward(ids) - reference(ids).logits).abs().max() < 1e-5
