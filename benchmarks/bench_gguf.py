@@ -15,8 +15,11 @@ script runs end to end.
 For each file and each approach, a child process is timed:
 
 - ``whole process``: the child's wall time from start to exit: interpreter,
-  imports, load, and one byte of every page of every parameter read ("ready").
-- ``warm``: inside the child, after the imports (the file is in the page
+  the imports its approach needs (transformers' modelling code and gguf-py
+  for transformers; modelport, its plugins and transformers' config classes
+  for modelport), load, and one byte of every page of every parameter read
+  ("ready").
+- ``warm``: inside the child, after those imports (the file is in the page
   cache): the load call until ready.
 - peak RSS over the child's RSS after its imports, against the bytes of the
   dequantised weights (the model's parameters, float32 on both sides).
@@ -118,23 +121,27 @@ def _touch(module: Any) -> int:
 
 
 def child(approach: str, path: Path, threads: int) -> dict[str, Any]:
-    """Load ``path`` with ``approach`` in this process, after the common imports."""
-    import gguf  # noqa: F401
+    """Load ``path`` with ``approach`` in this process, after the imports that approach needs."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     import transformers
-    from transformers import AutoModelForCausalLM
 
-    import modelport
-    import modelport_gguf.plugin  # noqa: F401
-    from modelport.plugins import get_host
-
-    transformers.LlamaForCausalLM  # noqa: B018  (the llama modelling module, for both approaches)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    get_host()
+    if approach == "transformers":
+        import gguf  # noqa: F401
+        from transformers import AutoModelForCausalLM
+
+        transformers.LlamaForCausalLM  # noqa: B018  (the llama modelling module)
+    else:
+        import modelport
+        import modelport_gguf.plugin  # noqa: F401
+        from modelport.plugins import get_host
+
+        transformers.LlamaConfig  # noqa: B018  (the config class the metadata becomes)
+        get_host()
     base = _peak_mib()
     start = time.perf_counter()
     if approach == "transformers":

@@ -211,23 +211,6 @@ PLAIN_TYPES: dict[str, torch.dtype] = {
 SUPPORTED_TYPES: tuple[str, ...] = tuple(PLAIN_TYPES) + tuple(BLOCK_DEQUANTISERS)
 
 
-def new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor whose memory numpy allocated.
-
-    numpy asks the kernel for transparent huge pages on large arrays
-    (``madvise(MADV_HUGEPAGE)``), torch does not unless ``THP_MEM_ALLOC_ENABLE``
-    was set before it started; first touching fresh memory in 4 KiB pages costs
-    more than dequantising into it, so every output is allocated this way.
-    """
-    import numpy as np
-
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).reshape(shape)
-
-
 def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """Values of ``shape`` in ``dtype`` from the raw bytes ``raw`` (a ``uint8`` tensor) of ggml type ``type_name``.
 
@@ -239,14 +222,12 @@ def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dt
         values = raw.view(PLAIN_TYPES[type_name]).reshape(shape)
         if values.dtype == dtype:
             return values
-        converted = new_tensor(tuple(shape), dtype)
-        converted.copy_(values)
-        return converted
+        return values.to(dtype)
     fn = BLOCK_DEQUANTISERS[type_name]
     _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == type_name)
     blocks = raw.reshape(-1, type_size)
     n = blocks.shape[0]
-    out = new_tensor((n, block), dtype)
+    out = torch.empty((n, block), dtype=dtype)
     step = max(1, CHUNK_ELEMENTS // block)
     # float32 is written in place; another dtype goes through one reused float32 chunk, then is rounded once.
     scratch = None if dtype == torch.float32 else torch.empty((min(n, step), block), dtype=torch.float32)
