@@ -180,7 +180,10 @@ class PagedStep:
                 f"query lengths, {len(batch.context_lens)} context lengths, {len(batch.block_tables)} block tables"
             )
         if int(query_lens.min()) < 1 or int(context_lens.min()) < 0:
-            raise ModelportError("every sequence of a SequenceBatch needs at least one new token")
+            raise ModelportError(
+                "every sequence of a SequenceBatch needs at least one new token and a context length of at least 0, "
+                f"got query_lens {list(batch.query_lens)} and context_lens {list(batch.context_lens)}"
+            )
         total = int(query_lens.sum())
         if total != int(batch.token_ids.numel()):
             raise ModelportError(f"query_lens sum to {total}, but the batch has {batch.token_ids.numel()} tokens")

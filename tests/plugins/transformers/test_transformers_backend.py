@@ -206,3 +206,22 @@ def test_building_leaves_the_callers_config_alone_and_a_plain_forward_soft_caps_
     ids = torch.tensor([[4, 8, 15, 16, 23, 42, 7]])
     with torch.no_grad():
         assert (model.forward(ids) - reference(ids).logits).abs().max() < 1e-5
+
+
+def test_a_batch_the_cache_cannot_hold_fails_with_a_message_naming_the_sequence():
+    from transformers import GPT2Config
+
+    from modelport.errors import ModelportError
+    from modelport.models.protocol import SequenceBatch
+
+    config = GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=20)
+    config.architectures = ["GPT2LMHeadModel"]
+    model = TransformersModel.from_config(config, dtype="float32", device="cpu")
+    cache = model.new_kv_cache(4, 2)
+    short_table = SequenceBatch(torch.arange(5), torch.arange(5), [2, 3], [0, 0], [[0], [1]])
+    with pytest.raises(ModelportError, match="sequence 1: a block table of 1 block"):
+        model.forward(short_table, cache)
+    outside = SequenceBatch(torch.arange(2), torch.arange(2), [2], [0], [[7]])
+    with pytest.raises(ModelportError, match="outside the cache's 4"):
+        model.forward(outside, cache)
+    assert cache.layers == {}  # nothing was written
