@@ -211,23 +211,27 @@ PLAIN_TYPES: dict[str, torch.dtype] = {
 SUPPORTED_TYPES: tuple[str, ...] = tuple(PLAIN_TYPES) + tuple(BLOCK_DEQUANTISERS)
 
 
-def dequantize(raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def dequantize(
+    raw: Any, type_name: str, shape: tuple[int, ...], dtype: torch.dtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Values of ``shape`` in ``dtype`` from the raw bytes ``raw`` (a ``uint8`` tensor) of ggml type ``type_name``.
 
     Plain types are reinterpreted and converted; quantised types are
-    dequantised chunk by chunk into the output. Raises ``KeyError`` for a type
-    it does not read (callers turn it into a typed error naming the tensor).
+    dequantised chunk by chunk into the output: ``out`` when given (a
+    contiguous tensor of ``shape`` and ``dtype``, such as a parameter to fill),
+    else a new tensor. Raises ``KeyError`` for a type it does not read (callers
+    turn it into a typed error naming the tensor).
     """
     if type_name in PLAIN_TYPES:
         values = raw.view(PLAIN_TYPES[type_name]).reshape(shape)
-        if values.dtype == dtype:
-            return values
-        return values.to(dtype)
+        if out is not None:
+            return out.copy_(values)
+        return values if values.dtype == dtype else values.to(dtype)
     fn = BLOCK_DEQUANTISERS[type_name]
     _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == type_name)
     blocks = raw.reshape(-1, type_size)
     n = blocks.shape[0]
-    out = torch.empty((n, block), dtype=dtype)
+    out = torch.empty((n, block), dtype=dtype) if out is None else out.view(n, block)
     step = max(1, CHUNK_ELEMENTS // block)
     # float32 is written in place; another dtype goes through one reused float32 chunk, then is rounded once.
     scratch = None if dtype == torch.float32 else torch.empty((min(n, step), block), dtype=torch.float32)

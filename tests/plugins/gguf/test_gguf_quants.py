@@ -83,3 +83,11 @@ def test_bf16_matches_gguf_py():
     want = numpy_dequantize(raw, gguf.GGMLQuantizationType.BF16).reshape(-1)
     got = dequantize(torch.from_numpy(raw), "BF16", (256,), torch.float32).numpy()
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_dequantisation_into_an_existing_tensor_fills_it_in_place():
+    raw = torch.from_numpy(random_blocks("Q8_0", 40, 5).reshape(-1))
+    target = torch.zeros(40, 32, dtype=torch.bfloat16)
+    returned = dequantize(raw, "Q8_0", (40, 32), torch.bfloat16, out=target)
+    assert returned.data_ptr() == target.data_ptr()
+    assert torch.equal(target, dequantize(raw, "Q8_0", (40, 32), torch.float32).to(torch.bfloat16))
