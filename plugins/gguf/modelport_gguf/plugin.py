@@ -22,17 +22,11 @@ from modelport_gguf.architectures import TABLES
 
 
 def _gguf_primary(source: Source) -> str | None:
-    """The source's primary file when it is a GGUF file (checked by its magic, fetching it if remote)."""
+    """The source's primary file when it is a GGUF file, by its magic (fetching it first if remote)."""
     from modelport_gguf.header import has_gguf_magic
 
     primary = source.primary_file
-    if primary is None:
-        return None
-    if source.kind == "local" and not primary.lower().endswith(".gguf"):
-        if not has_gguf_magic(source.fetch(primary)):
-            return None
-        return primary
-    if not primary.lower().endswith(".gguf") and not has_gguf_magic(source.fetch(primary)):
+    if primary is None or not has_gguf_magic(source.fetch(primary)):
         return None
     return primary
 
