@@ -188,7 +188,9 @@ def test_generate_prompt_ids_without_a_tokenizer_prints_token_ids(toy, toy_model
     args = ["generate", str(folder), "--skip-tokenizer-init", "--load-format", "dummy", "--max-tokens", "5"]
     assert main([*args, "--prompt-ids", "1, 2 3", "--temperature", "0"]) == 0
     ids = capsys.readouterr().out.split()
-    assert len(ids) == 5 and all(0 <= int(t) < 100 for t in ids)
+    # Dummy weights are random: the output is 5 ids, or fewer ending in the toy's end of sequence (2).
+    assert all(0 <= int(t) < 100 for t in ids)
+    assert len(ids) == 5 or (1 <= len(ids) < 5 and ids[-1] == "2")
 
     assert main([*args, "some text"]) == 1
     err = capsys.readouterr().err

@@ -152,7 +152,7 @@ def test_check_tokenizer_accepts_a_real_tokenizer_and_names_what_breaks_the_prot
 
 def test_logprobs_minus_one_returns_the_whole_distribution(toy, toy_model):
     llm = modelport.LLM(str(toy_model()), host=toy, load_format="dummy", skip_tokenizer_init=True)
-    params = modelport.SamplingParams(temperature=0, max_tokens=3, logprobs=-1)
+    params = modelport.SamplingParams(temperature=0, max_tokens=3, logprobs=-1, ignore_eos=True)
     (output,) = llm.generate([{"prompt_token_ids": [1, 2, 3]}], params)
     completion = output.outputs[0]
     assert completion.text == "" and len(completion.token_ids) == 3
