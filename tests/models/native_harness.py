@@ -11,7 +11,7 @@ the module; see modelport.models.rope).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +162,49 @@ class PagedRunner:
             if active:
                 logits = self.step({seq: torch.tensor([out[seq][-1]]) for seq in active})
         return out
+
+
+def prefill_then_decode(
+    model: Any, prompts: Sequence[torch.Tensor], steps: Sequence[torch.Tensor]
+) -> list[list[torch.Tensor]]:
+    """One batched prefill of ``prompts`` (every logit), then one decode step per ``steps`` entry (a token a sequence).
+
+    Returns, for each sequence, its logits in order: the prefill rows, then one row a decode step.
+    """
+    runner = PagedRunner(model)
+    got: list[list[torch.Tensor]] = [[] for _ in prompts]
+    prefill = runner.step(dict(enumerate(prompts)), all_logits=True)
+    for seq, rows in enumerate(prefill.split([len(prompt) for prompt in prompts])):
+        got[seq].append(rows)
+    for tokens in steps:
+        logits = runner.step({seq: tokens[seq : seq + 1] for seq in range(len(prompts))})
+        for seq in range(len(prompts)):
+            got[seq].append(logits[seq : seq + 1])
+    return got
+
+
+def worst_against_reference(
+    model: Any,
+    reference_logits: Callable[[list[int]], torch.Tensor],
+    *,
+    vocab: int,
+    prompt_lengths: Sequence[int],
+    decode_steps: int,
+    seed: int = 1,
+) -> float:
+    """Random prompts prefilled in one batch, then decoded together; the worst logit against ``reference_logits``.
+
+    ``reference_logits`` maps a whole sequence of ids to its float64 logits, one row a position.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, vocab, (n,), generator=generator) for n in prompt_lengths]
+    steps = [torch.randint(3, vocab, (len(prompts),), generator=generator) for _ in range(decode_steps)]
+    got = prefill_then_decode(model, prompts, steps)
+    worst = 0.0
+    for seq, prompt in enumerate(prompts):
+        ids = prompt.tolist() + [int(tokens[seq]) for tokens in steps]
+        expected = reference_logits(ids)
+        mine = torch.cat(got[seq]).double()
+        assert mine.shape == expected.shape
+        worst = max(worst, (mine - expected).abs().max().item())
+    return worst

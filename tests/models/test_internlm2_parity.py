@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from native_harness import PagedRunner, one_thread  # noqa: F401
+from native_harness import PagedRunner, one_thread, worst_against_reference  # noqa: F401
 
 import modelport
 from modelport.errors import RemoteCodeRequiredError
@@ -203,26 +203,14 @@ def _load(folder: Path):
 
 
 def _worst_difference(model, tensors, config) -> float:
-    generator = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, VOCAB, (n,), generator=generator) for n in PROMPT_LENGTHS]
-    steps = [torch.randint(3, VOCAB, (len(prompts),), generator=generator) for _ in range(DECODE_STEPS)]
-    runner = PagedRunner(model)
-    got: list[list[torch.Tensor]] = [[] for _ in prompts]
-    prefill = runner.step(dict(enumerate(prompts)), all_logits=True)
-    for seq, rows in enumerate(prefill.split(list(PROMPT_LENGTHS))):
-        got[seq].append(rows)
-    for tokens in steps:
-        logits = runner.step({seq: tokens[seq : seq + 1] for seq in range(len(prompts))})
-        for seq in range(len(prompts)):
-            got[seq].append(logits[seq : seq + 1])
-    worst = 0.0
-    for seq, prompt in enumerate(prompts):
-        ids = prompt.tolist() + [int(tokens[seq]) for tokens in steps]
-        expected = reference_logits(tensors, config, ids)
-        mine = torch.cat(got[seq]).double()
-        assert mine.shape == expected.shape
-        worst = max(worst, (mine - expected).abs().max().item())
-    return worst
+    """Three prompts prefilled in one batch, then decoded together; every logit against the reference."""
+    return worst_against_reference(
+        model,
+        lambda ids: reference_logits(tensors, config, ids),
+        vocab=VOCAB,
+        prompt_lengths=PROMPT_LENGTHS,
+        decode_steps=DECODE_STEPS,
+    )
 
 
 @pytest.mark.parametrize("fields", VARIANTS)

@@ -20,6 +20,7 @@ from native_harness import (  # noqa: E402
     VOCAB,
     PagedRunner,
     one_thread,
+    prefill_then_decode,
     reference_generate,
     reference_model,
     reference_steps,
@@ -96,15 +97,7 @@ def _worst_difference(native, reference) -> float:
     prompts = _prompts()
     generator = torch.Generator().manual_seed(2)
     steps = [torch.randint(3, VOCAB, (len(prompts),), generator=generator) for _ in range(DECODE_STEPS)]
-    runner = PagedRunner(native)
-    got = [[] for _ in prompts]
-    prefill = runner.step(dict(enumerate(prompts)), all_logits=True)
-    for seq, rows in enumerate(prefill.split(list(PROMPT_LENGTHS))):
-        got[seq].append(rows)
-    for tokens in steps:
-        logits = runner.step({seq: tokens[seq : seq + 1] for seq in range(len(prompts))})
-        for seq in range(len(prompts)):
-            got[seq].append(logits[seq : seq + 1])
+    got = prefill_then_decode(native, prompts, steps)
     worst = 0.0
     for seq, prompt in enumerate(prompts):
         chunks = [prompt, *[tokens[seq : seq + 1] for tokens in steps]]
