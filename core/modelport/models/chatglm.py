@@ -323,12 +323,7 @@ class ChatGLMForCausalLM(LlamaForCausalLM):
     @classmethod
     def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> ChatGLMForCausalLM:
         """Build the model for ``hf_config`` in ``dtype`` on ``device`` (parameters on the meta device until loaded)."""
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise InvalidConfigError(type(hf_config).__name__, f"unknown dtype {dtype!r}", field="dtype", value=dtype)
-        with torch.device("meta"):
-            model = cls(hf_config, dtype=torch_dtype)
-        model._device = torch.device(device)
+        model = cls._build_on_meta(hf_config, dtype=dtype, device=device)
         shape = model.glm_shape
         n = shape.rotary_dim
         exponents = torch.arange(0, n, 2, dtype=torch.float32, device=model._device) / n
@@ -338,13 +333,6 @@ class ChatGLMForCausalLM(LlamaForCausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> WeightReport:
         """Load the checkpoint's tensors by name; the stored rotary frequencies are skipped (they are computed)."""
         return super().load_weights((n, t) for n, t in weights if not n.endswith(DERIVED_WEIGHTS))
-
-    def new_kv_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
-        """A paged cache of ``num_blocks`` blocks of ``block_size`` tokens for the key/value groups."""
-        s = self.glm_shape
-        return PagedKVCache(
-            s.num_layers, num_blocks, block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
-        )
 
     def rotation(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Cosines and sines (``[T, rotary_dim // 2]``) at ``positions``, cast as the remote code casts them."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -319,6 +319,17 @@ class LlamaForCausalLM(nn.Module):
         return self._rotary_embedding
 
     @classmethod
+    def _build_on_meta(cls, hf_config: Any, *, dtype: str, device: str) -> Self:
+        """The model for ``hf_config`` in ``dtype``, its parameters on the meta device, bound to ``device``."""
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise InvalidConfigError(type(hf_config).__name__, f"unknown dtype {dtype!r}", field="dtype", value=dtype)
+        with torch.device("meta"):
+            model = cls(hf_config, dtype=torch_dtype)
+        model._device = torch.device(device)
+        return model
+
+    @classmethod
     def from_config(cls, hf_config: Any, *, dtype: str, device: str) -> LlamaForCausalLM:
         """Build the model for ``hf_config`` in ``dtype`` on ``device``.
 
@@ -327,12 +338,7 @@ class LlamaForCausalLM(nn.Module):
         has the right dtype and device becomes the parameter without a copy,
         so no memory is spent twice.
         """
-        torch_dtype = getattr(torch, dtype, None)
-        if not isinstance(torch_dtype, torch.dtype):
-            raise InvalidConfigError(type(hf_config).__name__, f"unknown dtype {dtype!r}", field="dtype", value=dtype)
-        with torch.device("meta"):
-            model = cls(hf_config, dtype=torch_dtype)
-        model._device = torch.device(device)
+        model = cls._build_on_meta(hf_config, dtype=dtype, device=device)
         model._rotary_embedding = RotaryEmbedding(hf_config, model.shape.head_dim, device)
         return model.eval()
 
