@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from modelport.errors import WeightsCorruptError
 from modelport.types import WeightFiles
 
 _TOP = {
@@ -101,29 +101,9 @@ def iter_consolidated(weights: WeightFiles, hf_config: Any) -> Iterator[tuple[st
 
 
 def _iter_raw(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
+    """Every tensor of every file in read order, through modelport-hf's readers (safetensors, else ``torch.load``)."""
+    from modelport_hf.weights import iter_pt, iter_safetensors
+
     for file in weights.files:
-        path = weights.source.fetch(file)
-        if file.endswith(".safetensors"):
-            from safetensors import SafetensorError, safe_open
-
-            try:
-                with safe_open(str(path), framework="pt") as handle:
-                    for key in handle.keys():
-                        yield key, handle.get_tensor(key)
-            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-                raise WeightsCorruptError(str(path), f"cannot read safetensors ({exc})") from exc
-            continue
-        import pickle
-        import zipfile
-
-        import torch
-
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise WeightsCorruptError(
-                str(path), f"cannot load it with weights_only=True ({type(exc).__name__}: {str(exc)[:300]})"
-            ) from exc
-        if not isinstance(state, dict):
-            raise WeightsCorruptError(str(path), f"expected a state dict, found {type(state).__name__}")
-        yield from state.items()
+        reader = iter_safetensors if file.endswith(".safetensors") else iter_pt
+        yield from reader(replace(weights, files=(file,)))
