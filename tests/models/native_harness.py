@@ -164,6 +164,17 @@ class PagedRunner:
         return out
 
 
+def load_native(folder: Path, target: str, **options: Any) -> Any:
+    """``modelport.load`` of ``folder`` in float32, no tokenizer; checks that native ``target`` used every weight."""
+    import modelport
+
+    loaded = modelport.load(str(folder), dtype="float32", skip_tokenizer_init=True, **options)
+    assert loaded.resolved.architecture.target == target
+    assert loaded.resolved.model_impl == "native"
+    assert loaded.weights.missing == () and loaded.weights.unexpected == ()
+    return loaded.model
+
+
 def prefill_then_decode(
     model: Any, prompts: Sequence[torch.Tensor], steps: Sequence[torch.Tensor]
 ) -> list[list[torch.Tensor]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from native_harness import PagedRunner, one_thread, worst_against_reference  # noqa: F401
+from native_harness import PagedRunner, load_native, one_thread, worst_against_reference  # noqa: F401
 
 import modelport
 
@@ -234,11 +234,7 @@ def reference_logits(tensors: dict[str, torch.Tensor], config: dict, ids: list[i
 
 
 def _load(folder: Path):
-    loaded = modelport.load(str(folder), dtype="float32", skip_tokenizer_init=True)
-    assert loaded.resolved.architecture.target == "modelport.models.chatglm:ChatGLMForCausalLM"
-    assert loaded.resolved.model_impl == "native"
-    assert loaded.weights.missing == () and loaded.weights.unexpected == ()
-    return loaded.model
+    return load_native(folder, "modelport.models.chatglm:ChatGLMForCausalLM")
 
 
 def _worst_difference(model, tensors, config) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from native_harness import PagedRunner, one_thread, worst_against_reference  # noqa: F401
+from native_harness import PagedRunner, load_native, one_thread, worst_against_reference  # noqa: F401
 
 import modelport
 from modelport.errors import RemoteCodeRequiredError
@@ -195,11 +195,7 @@ def reference_logits(tensors: dict[str, torch.Tensor], config: dict, ids: list[i
 
 
 def _load(folder: Path):
-    loaded = modelport.load(str(folder), dtype="float32", skip_tokenizer_init=True, trust_remote_code=True)
-    assert loaded.resolved.architecture.target == "modelport.models.internlm2:InternLM2ForCausalLM"
-    assert loaded.resolved.model_impl == "native"
-    assert loaded.weights.missing == () and loaded.weights.unexpected == ()
-    return loaded.model
+    return load_native(folder, "modelport.models.internlm2:InternLM2ForCausalLM", trust_remote_code=True)
 
 
 def _worst_difference(model, tensors, config) -> float:
