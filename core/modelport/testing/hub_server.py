@@ -36,6 +36,10 @@ assert "fetched once", "never fetched" and "no request at all";
 :meth:`HubServer.forbid_connections` makes any connection attempt to the
 server's port fail the test, for offline tests.
 
+The server's life, connection tracking, request log, fault bookkeeping, ``Range``
+handling and listing walk are shared with the other local server, in
+:mod:`modelport.testing.local_server`; this module has the routes and answers.
+
 This module imports only the standard library.
 """
 
@@ -44,16 +48,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from modelport.testing.local_server import (
+    LocalHandler,
+    LocalHTTPServer,
+    LocalServer,
+    RangeNotSatisfiable,
+    ServedRequest,
+    ServerState,
+    list_tree,
+)
 
 #: Suffixes the server stores as Git LFS files (sha256 ETag, ``lfs`` metadata), as the Hub does for weights.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx", ".model")
@@ -212,7 +222,7 @@ def _read_files(files: Path | Mapping[str, bytes | str | None]) -> dict[str, byt
 
 
 @dataclass(frozen=True)
-class HubRequest:
+class HubRequest(ServedRequest):
     """One request the server answered (the token itself is never recorded).
 
     Attributes:
@@ -227,17 +237,6 @@ class HubRequest:
         authorized: whether an ``Authorization`` header came with it.
         bytes_sent: body bytes written.
     """
-
-    method: str
-    path: str
-    kind: str
-    repo_id: str | None
-    revision: str | None
-    filename: str | None
-    range: str | None
-    status: int
-    authorized: bool
-    bytes_sent: int = 0
 
 
 @dataclass
@@ -261,13 +260,7 @@ class _Fault:
         )
 
 
-@dataclass
-class _State:
-    repos: dict[str, HubRepo] = field(default_factory=dict)
-    requests: list[HubRequest] = field(default_factory=list)
-    faults: list[_Fault] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    connections: set[socket.socket] = field(default_factory=set)
+_State = ServerState[HubRepo, HubRequest, _Fault]
 
 
 class _Reply(Exception):
@@ -281,50 +274,20 @@ class _Reply(Exception):
         self.headers = dict(headers or {})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default stderr access log; requests are recorded in :attr:`HubServer.requests`."""
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.state.lock:
-            self.server.state.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.state.lock:
-                self.server.state.connections.discard(self.connection)
-
-    def do_HEAD(self) -> None:
-        self._serve("HEAD")
-
-    def do_GET(self) -> None:
-        self._serve("GET")
+class _Handler(LocalHandler):
+    server: LocalHTTPServer[_State]
 
     # --- routing -----------------------------------------------------------
 
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
+        """Route a Hub request and record it."""
         state = self.server.state
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         auth = self.headers.get("Authorization") or ""
         token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        record: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "kind": "other",
-            "repo_id": None,
-            "revision": None,
-            "filename": None,
-            "range": self.headers.get("Range"),
-            "authorized": token is not None,
-        }
+        record = self.request_fields(method, path, token)
         status, sent = 500, 0
         recorded = False
         try:
@@ -338,14 +301,12 @@ class _Handler(BaseHTTPRequestHandler):
             status = reply.status
             # Recorded before the client can see the answer: a test that reads `requests` right after the
             # client raised must find it there.
-            with state.lock:
-                state.requests.append(HubRequest(status=status, bytes_sent=0, **record))
+            state.record(HubRequest(status=status, bytes_sent=0, **record))
             recorded = True
             self._send_error(reply)
         finally:
             if not recorded:
-                with state.lock:
-                    state.requests.append(HubRequest(status=status, bytes_sent=sent, **record))
+                state.record(HubRequest(status=status, bytes_sent=sent, **record))
 
     def _repo(self, repo_id: str, token: str | None) -> HubRepo:
         repo = self.server.state.repos.get(repo_id)
@@ -361,13 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
         return commit
 
     def _fault(self, kind: str, method: str, repo_id: str | None, filename: str | None) -> _Fault | None:
-        state = self.server.state
-        with state.lock:
-            for fault in state.faults:
-                if fault.matches(kind, method, repo_id, filename):
-                    fault.times -= 1
-                    return fault
-        return None
+        return self.server.state.take_fault(lambda fault: fault.matches(kind, method, repo_id, filename))
 
     def _api(
         self, method: str, rest: str, query: Mapping[str, str], token: str | None, record: dict[str, Any]
@@ -441,21 +396,15 @@ class _Handler(BaseHTTPRequestHandler):
         if prefix and not any(p.startswith(prefix) for p in commit.files):
             raise _Reply(404, "EntryNotFound", f"{sub} does not exist on {commit.sha}", {"X-Repo-Commit": commit.sha})
         out: list[dict[str, Any]] = []
-        folders: set[str] = set()
-        for path, entry in commit.files.items():
-            if not path.startswith(prefix):
+        for path, is_folder in list_tree(commit.files, prefix, recursive):
+            if is_folder:
+                out.append({"type": "directory", "oid": git_blob_sha1(path.encode()), "size": 0, "path": path})
                 continue
-            rest = path[len(prefix) :].split("/")
-            for depth in range(1, len(rest)):
-                folder = prefix + "/".join(rest[:depth])
-                if folder not in folders and (recursive or depth == 1):
-                    folders.add(folder)
-                    out.append({"type": "directory", "oid": git_blob_sha1(folder.encode()), "size": 0, "path": folder})
-            if len(rest) == 1 or recursive:
-                item: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": len(entry.data), "path": path}
-                if entry.lfs:
-                    item["lfs"] = {"oid": entry.sha256, "size": len(entry.data), "pointerSize": 134}
-                out.append(item)
+            entry = commit.files[path]
+            item: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": len(entry.data), "path": path}
+            if entry.lfs:
+                item["lfs"] = {"oid": entry.sha256, "size": len(entry.data), "pointerSize": 134}
+            out.append(item)
         return out
 
     def _resolve(self, method: str, raw_path: str, token: str | None, record: dict[str, Any]) -> tuple[int, int]:
@@ -490,58 +439,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send_file(method, commit, entry, fault)
 
     def _send_file(self, method: str, commit: HubCommit, entry: HubFile, fault: _Fault | None) -> tuple[int, int]:
-        data = entry.data
-        total = len(data)
-        start, end = 0, total - 1
-        status = 200
-        wanted = self.headers.get("Range")
-        if wanted and method == "GET":
-            match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
-            if not match or not (match.group(1) or match.group(2)):
-                raise _Reply(416, None, f"bad range {wanted}", {"Content-Range": f"bytes */{total}"})
-            if match.group(1):
-                start = int(match.group(1))
-                end = min(int(match.group(2)), total - 1) if match.group(2) else total - 1
-            else:
-                start = max(total - int(match.group(2)), 0)
-            if start >= total or start > end:
-                raise _Reply(416, None, f"range {wanted} not satisfiable", {"Content-Range": f"bytes */{total}"})
-            status = 206
-        body = data[start : end + 1] if total else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("X-Repo-Commit", commit.sha)
-        self.send_header("ETag", f'"{entry.etag}"')
+        total = len(entry.data)
+        try:
+            status, first, body = self.select_body(method, entry.data)
+        except RangeNotSatisfiable as error:
+            raise _Reply(416, None, str(error), {"Content-Range": f"bytes */{total}"}) from None
+        extra = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"'}
         if entry.lfs:
-            self.send_header("X-Linked-Etag", f'"{entry.sha256}"')
-            self.send_header("X-Linked-Size", str(total))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+            extra.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(total)})
+        self.send_file_headers(status, first, body, total, extra)
         self.end_headers()
-        if method != "GET":
-            return status, 0
-        if fault is not None and fault.cut_after is not None:
-            part = body[: fault.cut_after]
-            self.wfile.write(part)
-            self.wfile.flush()
-            # Drop the connection mid-body: the client sees a short read (a network failure).
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return status, len(part)
-        if fault is not None and fault.pause:
-            half = len(body) // 2
-            self.wfile.write(body[:half])
-            self.wfile.flush()
-            time.sleep(fault.pause)
-            self.wfile.write(body[half:])
-        else:
-            self.wfile.write(body)
-        return status, len(body)
+        return status, self.write_body(body, fault) if method == "GET" else 0
 
     def _send_error(self, reply: _Reply) -> None:
         data = json.dumps({"error": reply.message}).encode()
@@ -558,20 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, state: _State, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.state = state
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class HubServer:
+class HubServer(LocalServer[HubRepo, HubRequest, _Fault]):
     """A local Hugging Face Hub on ``127.0.0.1`` (see the module docstring).
 
     Use as a context manager or call :meth:`start` and :meth:`stop`. The port
@@ -579,57 +474,11 @@ class HubServer:
     refuses connections on the address clients were given.
     """
 
+    _label = "local Hub"
+    _thread_name = "hub-server"
+
     def __init__(self) -> None:
-        self._state = _State()
-        self._server: _Server | None = _Server(self._state)
-        self.port: int = int(self._server.server_address[1])
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle -----------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The endpoint to give the client (``HF_ENDPOINT``)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is accepting connections."""
-        return self._thread is not None
-
-    def start(self) -> HubServer:
-        """Start serving (again, after :meth:`stop`) on the same port; returns ``self``."""
-        if self._thread is not None:
-            return self
-        if self._server is None:
-            self._server = _Server(self._state, self.port)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close the listening socket and drop every open (keep-alive) connection."""
-        if self._server is None:
-            return
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-        self._server = None
-        with self._state.lock:
-            connections = list(self._state.connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(_State(), _Handler)
 
     # --- repositories --------------------------------------------------------
 
@@ -646,13 +495,7 @@ class HubServer:
         repo = HubRepo(repo_id, private=private, gated=gated, tokens=tokens)
         if files is not None:
             repo.commit(files, message="initial commit")
-        with self._state.lock:
-            self._state.repos[repo_id] = repo
-        return repo
-
-    def repo(self, repo_id: str) -> HubRepo:
-        """The repository ``repo_id``."""
-        return self._state.repos[repo_id]
+        return self._register(repo_id, repo)
 
     # --- faults --------------------------------------------------------------
 
@@ -677,22 +520,7 @@ class HubServer:
         """For the next ``times`` GETs of ``filename``, stall ``seconds`` halfway through the body."""
         self._add(_Fault(filename, repo_id, "GET", times, pause=seconds))
 
-    def _add(self, fault: _Fault) -> None:
-        with self._state.lock:
-            self._state.faults.append(fault)
-
     # --- what happened -------------------------------------------------------
-
-    @property
-    def requests(self) -> list[HubRequest]:
-        """Every request answered so far, in order."""
-        with self._state.lock:
-            return list(self._state.requests)
-
-    def clear_requests(self) -> None:
-        """Forget the requests recorded so far."""
-        with self._state.lock:
-            self._state.requests.clear()
 
     def count(
         self,
@@ -704,51 +532,11 @@ class HubServer:
         status: int | None = None,
     ) -> int:
         """How many recorded requests match every criterion given."""
-        return sum(
-            1
-            for r in self.requests
-            if (method is None or r.method == method)
-            and (kind is None or r.kind == kind)
-            and (filename is None or r.filename == filename)
-            and (repo_id is None or r.repo_id == repo_id)
-            and (status is None or r.status == status)
-        )
+        return self._count(method=method, kind=kind, filename=filename, repo_id=repo_id, status=status)
 
     def downloads(self, filename: str, repo_id: str | None = None) -> int:
         """How many GETs of ``filename`` sent its body (whole or a range)."""
-        return sum(
-            1
-            for r in self.requests
-            if r.kind == "resolve"
-            and r.method == "GET"
-            and r.filename == filename
-            and (repo_id is None or r.repo_id == repo_id)
-            and r.status in (200, 206)
-        )
-
-    @contextmanager
-    def forbid_connections(self) -> Iterator[list[tuple[str, int]]]:
-        """Make any attempt in this process to connect to the server's port fail the test.
-
-        Yields the list of attempts (for asserting it stays empty). Each attempt
-        raises ``AssertionError``, which no HTTP client mistakes for a network
-        error it may swallow.
-        """
-        attempts: list[tuple[str, int]] = []
-        original = socket.socket.connect
-        port = self.port
-
-        def guarded(sock: socket.socket, address: Any) -> None:
-            if isinstance(address, tuple) and len(address) >= 2 and address[1] == port:
-                attempts.append((str(address[0]), int(address[1])))
-                raise AssertionError(f"a network connection to the local Hub ({address[0]}:{port}) was attempted")
-            original(sock, address)
-
-        socket.socket.connect = guarded  # type: ignore[method-assign,assignment]
-        try:
-            yield attempts
-        finally:
-            socket.socket.connect = original  # type: ignore[method-assign]
+        return self._downloads("resolve", filename, repo_id)
 
 
 __all__ = ["LFS_SUFFIXES", "HubCommit", "HubFile", "HubRepo", "HubRequest", "HubServer", "git_blob_sha1"]

@@ -40,6 +40,10 @@ the client returns;
 :meth:`ModelScopeServer.forbid_connections` makes any connection to the server's
 port fail the test, for offline tests.
 
+The server's life, connection tracking, request log, fault bookkeeping, ``Range``
+handling and listing walk are shared with the other local server, in
+:mod:`modelport.testing.local_server`; this module has the routes and answers.
+
 This module imports only the standard library.
 """
 
@@ -48,19 +52,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from modelport.testing.hub_server import LFS_SUFFIXES, HubCommit, HubFile, HubRepo
+from modelport.testing.local_server import (
+    LocalHandler,
+    LocalHTTPServer,
+    LocalServer,
+    RangeNotSatisfiable,
+    ServedRequest,
+    ServerState,
+    list_tree,
+)
 
 #: ModelScope's default branch.
 DEFAULT_BRANCH = "master"
@@ -110,7 +119,7 @@ class ModelScopeRepo(HubRepo):
 
 
 @dataclass(frozen=True)
-class ModelScopeRequest:
+class ModelScopeRequest(ServedRequest):
     """One request the server answered (the token itself is never recorded).
 
     Attributes:
@@ -125,17 +134,6 @@ class ModelScopeRequest:
         authorized: whether a token (header or cookie) came with it.
         bytes_sent: body bytes written for a file.
     """
-
-    method: str
-    path: str
-    kind: str
-    repo_id: str | None
-    revision: str | None
-    filename: str | None
-    range: str | None
-    status: int
-    authorized: bool
-    bytes_sent: int = 0
 
 
 @dataclass
@@ -157,13 +155,7 @@ class _Fault:
         )
 
 
-@dataclass
-class _State:
-    repos: dict[str, ModelScopeRepo] = field(default_factory=dict)
-    requests: list[ModelScopeRequest] = field(default_factory=list)
-    faults: list[_Fault] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    connections: set[socket.socket] = field(default_factory=set)
+_State = ServerState[ModelScopeRepo, ModelScopeRequest, _Fault]
 
 
 class _Reply(Exception):
@@ -183,30 +175,8 @@ def _is_lfs(path: str) -> bool:
     return path.endswith(LFS_SUFFIXES)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the default access log; requests are recorded in :attr:`ModelScopeServer.requests`."""
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.state.lock:
-            self.server.state.connections.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server.state.lock:
-                self.server.state.connections.discard(self.connection)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_HEAD(self) -> None:
-        self._serve("HEAD")
+class _Handler(LocalHandler):
+    server: LocalHTTPServer[_State]
 
     def _token(self) -> str | None:
         auth = self.headers.get("Authorization") or ""
@@ -215,21 +185,13 @@ class _Handler(BaseHTTPRequestHandler):
         match = re.search(r"(?:^|;\s*)m_session_id=([^;]+)", self.headers.get("Cookie") or "")
         return match.group(1) if match else None
 
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
+        """Route a ModelScope request and record it."""
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         token = self._token()
-        record: dict[str, Any] = {
-            "method": method,
-            "path": path,
-            "kind": "other",
-            "repo_id": None,
-            "revision": None,
-            "filename": None,
-            "range": self.headers.get("Range"),
-            "authorized": token is not None,
-        }
+        record = self.request_fields(method, path, token)
         self._record_fields: dict[str, Any] | None = record
         try:
             status, sent = self._route(method, path, query, token, record)
@@ -242,8 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Called before the headers go out, so a test reading `requests` as soon as its client returns finds it.
         record, self._record_fields = self._record_fields, None
         if record is not None:
-            with self.server.state.lock:
-                self.server.state.requests.append(ModelScopeRequest(status=status, bytes_sent=sent, **record))
+            self.server.state.record(ModelScopeRequest(status=status, bytes_sent=sent, **record))
 
     def _route(
         self, method: str, path: str, query: Mapping[str, str], token: str | None, record: dict[str, Any]
@@ -298,13 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         return repo
 
     def _fault(self, kind: str, repo_id: str, filename: str | None) -> _Fault | None:
-        state = self.server.state
-        with state.lock:
-            for fault in state.faults:
-                if fault.matches(kind, repo_id, filename):
-                    fault.times -= 1
-                    return fault
-        return None
+        return self.server.state.take_fault(lambda fault: fault.matches(kind, repo_id, filename))
 
     @staticmethod
     def _info(repo: ModelScopeRepo) -> dict[str, Any]:
@@ -332,31 +287,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _files(commit: HubCommit, root: str | None, recursive: bool) -> list[dict[str, Any]]:
         prefix = f"{root.strip('/')}/" if root and root.strip("/") else ""
         out: list[dict[str, Any]] = []
-        folders: set[str] = set()
-        for path, entry in commit.files.items():
-            if not path.startswith(prefix):
+        for path, is_folder in list_tree(commit.files, prefix, recursive):
+            name = path.rsplit("/", 1)[-1]
+            if is_folder:
+                out.append({"Name": name, "Path": path, "Type": "tree", "Size": 0, "Revision": commit.sha})
                 continue
-            rest = path[len(prefix) :].split("/")
-            for depth in range(1, len(rest)):
-                folder = prefix + "/".join(rest[:depth])
-                if folder not in folders and (recursive or depth == 1):
-                    folders.add(folder)
-                    out.append(
-                        {"Name": rest[depth - 1], "Path": folder, "Type": "tree", "Size": 0, "Revision": commit.sha}
-                    )
-            if len(rest) == 1 or recursive:
-                out.append(
-                    {
-                        "Name": rest[-1],
-                        "Path": path,
-                        "Type": "blob",
-                        "Size": len(entry.data),
-                        "Sha256": entry.sha256,
-                        "Revision": commit.sha,
-                        "IsLFS": _is_lfs(path),
-                        "Mode": "33188",
-                    }
-                )
+            entry = commit.files[path]
+            out.append(
+                {
+                    "Name": name,
+                    "Path": path,
+                    "Type": "blob",
+                    "Size": len(entry.data),
+                    "Sha256": entry.sha256,
+                    "Revision": commit.sha,
+                    "IsLFS": _is_lfs(path),
+                    "Mode": "33188",
+                }
+            )
         return out
 
     def _send_json(self, status: int, body: Any, *, envelope: bool = False) -> tuple[int, int]:
@@ -371,123 +319,30 @@ class _Handler(BaseHTTPRequestHandler):
         return status, 0
 
     def _send_file(self, method: str, entry: HubFile, fault: _Fault | None) -> tuple[int, int]:
-        data = entry.data
-        total = len(data)
-        start, end, status = 0, total - 1, 200
-        wanted = self.headers.get("Range")
-        if wanted and method == "GET":
-            match = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
-            if not match or not (match.group(1) or match.group(2)):
-                raise _Reply(416, f"bad range {wanted}")
-            if match.group(1):
-                start = int(match.group(1))
-                end = min(int(match.group(2)), total - 1) if match.group(2) else total - 1
-            else:
-                start = max(total - int(match.group(2)), 0)
-            if start >= total or start > end:
-                raise _Reply(416, f"range {wanted} not satisfiable")
-            status = 206
-        body = data[start : end + 1] if total else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        if _is_lfs(entry.path):
-            self.send_header("X-Linked-ETag", f'"{entry.sha256}"')
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        try:
+            status, first, body = self.select_body(method, entry.data)
+        except RangeNotSatisfiable as error:
+            raise _Reply(416, str(error)) from None
+        extra = {"X-Linked-ETag": f'"{entry.sha256}"'} if _is_lfs(entry.path) else {}
+        self.send_file_headers(status, first, body, len(entry.data), extra)
         cut = fault.cut_after if fault is not None else None
         self._record(status, 0 if method != "GET" else len(body[:cut]) if cut is not None else len(body))
         self.end_headers()
-        if method != "GET":
-            return status, 0
-        if fault is not None and fault.cut_after is not None:
-            part = body[: fault.cut_after]
-            self.wfile.write(part)
-            self.wfile.flush()
-            # Drop the connection mid-body: the client sees a short read (a network failure).
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return status, len(part)
-        if fault is not None and fault.pause:
-            half = len(body) // 2
-            self.wfile.write(body[:half])
-            self.wfile.flush()
-            time.sleep(fault.pause)
-            self.wfile.write(body[half:])
-        else:
-            self.wfile.write(body)
-        return status, len(body)
+        return status, self.write_body(body, fault) if method == "GET" else 0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, state: _State, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.state = state
-
-
-class ModelScopeServer:
+class ModelScopeServer(LocalServer[ModelScopeRepo, ModelScopeRequest, _Fault]):
     """A local ModelScope on ``127.0.0.1`` (see the module docstring).
 
     Use as a context manager or call :meth:`start` and :meth:`stop`. The port is
     chosen at construction and kept across restarts.
     """
 
+    _label = "local ModelScope"
+    _thread_name = "modelscope-server"
+
     def __init__(self) -> None:
-        self._state = _State()
-        self._server: _Server | None = _Server(self._state)
-        self.port: int = int(self._server.server_address[1])
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """The endpoint to give the client (``MODELSCOPE_ENDPOINT``)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is accepting connections."""
-        return self._thread is not None
-
-    def start(self) -> ModelScopeServer:
-        """Start serving (again, after :meth:`stop`) on the same port; returns ``self``."""
-        if self._thread is not None:
-            return self
-        if self._server is None:
-            self._server = _Server(self._state, self.port)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="modelscope-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close the listening socket and drop every open connection."""
-        if self._server is None:
-            return
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._server.server_close()
-        self._server = None
-        with self._state.lock:
-            connections = list(self._state.connections)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def __enter__(self) -> ModelScopeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(_State(), _Handler)
 
     def add_repo(
         self,
@@ -501,41 +356,21 @@ class ModelScopeServer:
         repo = ModelScopeRepo(repo_id, private=private, tokens=tokens)
         if files is not None:
             repo.commit(files, message="initial commit")
-        with self._state.lock:
-            self._state.repos[repo_id] = repo
-        return repo
-
-    def repo(self, repo_id: str) -> ModelScopeRepo:
-        """The repository ``repo_id``."""
-        return self._state.repos[repo_id]
+        return self._register(repo_id, repo)
 
     def fail(
         self, filename: str | None, *, status: int = 500, times: int = 1, kind: str = "file", repo_id: str | None = None
     ) -> None:
         """Answer the next ``times`` requests of ``kind`` (``file``, ``files``...) for ``filename`` with ``status``."""
-        with self._state.lock:
-            self._state.faults.append(_Fault(filename, kind, repo_id, times, status=status))
+        self._add(_Fault(filename, kind, repo_id, times, status=status))
 
     def cut(self, filename: str, *, after: int, times: int = 1, repo_id: str | None = None) -> None:
         """For the next ``times`` GETs of ``filename``, send ``after`` body bytes then drop the connection."""
-        with self._state.lock:
-            self._state.faults.append(_Fault(filename, "file", repo_id, times, cut_after=after))
+        self._add(_Fault(filename, "file", repo_id, times, cut_after=after))
 
     def pause(self, filename: str, *, seconds: float, times: int = 1, repo_id: str | None = None) -> None:
         """For the next ``times`` GETs of ``filename``, stall ``seconds`` halfway through the body."""
-        with self._state.lock:
-            self._state.faults.append(_Fault(filename, "file", repo_id, times, pause=seconds))
-
-    @property
-    def requests(self) -> list[ModelScopeRequest]:
-        """Every request answered so far, in order."""
-        with self._state.lock:
-            return list(self._state.requests)
-
-    def clear_requests(self) -> None:
-        """Forget the requests recorded so far."""
-        with self._state.lock:
-            self._state.requests.clear()
+        self._add(_Fault(filename, "file", repo_id, times, pause=seconds))
 
     def count(
         self,
@@ -546,51 +381,11 @@ class ModelScopeServer:
         status: int | None = None,
     ) -> int:
         """How many recorded requests match every criterion given."""
-        return sum(
-            1
-            for r in self.requests
-            if (kind is None or r.kind == kind)
-            and (filename is None or r.filename == filename)
-            and (repo_id is None or r.repo_id == repo_id)
-            and (status is None or r.status == status)
-        )
+        return self._count(kind=kind, filename=filename, repo_id=repo_id, status=status)
 
     def downloads(self, filename: str, repo_id: str | None = None) -> int:
         """How many GETs of ``filename`` sent its body (whole or a range)."""
-        return sum(
-            1
-            for r in self.requests
-            if r.kind == "file"
-            and r.method == "GET"
-            and r.filename == filename
-            and (repo_id is None or r.repo_id == repo_id)
-            and r.status in (200, 206)
-        )
-
-    @contextmanager
-    def forbid_connections(self) -> Iterator[list[tuple[str, int]]]:
-        """Make any attempt in this process to connect to the server's port fail the test.
-
-        Yields the list of attempts (for asserting it stays empty); each attempt
-        raises ``AssertionError``, which no HTTP client mistakes for a network error.
-        """
-        attempts: list[tuple[str, int]] = []
-        original = socket.socket.connect
-        port = self.port
-
-        def guarded(sock: socket.socket, address: Any) -> None:
-            if isinstance(address, tuple) and len(address) >= 2 and address[1] == port:
-                attempts.append((str(address[0]), int(address[1])))
-                raise AssertionError(
-                    f"a network connection to the local ModelScope ({address[0]}:{port}) was attempted"
-                )
-            original(sock, address)
-
-        socket.socket.connect = guarded  # type: ignore[method-assign,assignment]
-        try:
-            yield attempts
-        finally:
-            socket.socket.connect = original  # type: ignore[method-assign]
+        return self._downloads("file", filename, repo_id)
 
 
 __all__ = ["DEFAULT_BRANCH", "ModelScopeRepo", "ModelScopeRequest", "ModelScopeServer"]
