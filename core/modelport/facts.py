@@ -155,8 +155,11 @@ def checkpoint_dtype(hf_config: Any) -> str | None:
     for config in candidates:
         if config is None:
             continue
-        for attr in ("dtype", "torch_dtype"):
-            name = _dtype_name(getattr(config, attr, None))
+        # transformers 5 keeps ``torch_dtype`` only as a property that warns and returns ``dtype``:
+        # read it only where an object stores it itself (an older config), never through the property.
+        stored = getattr(config, "__dict__", {})
+        for value in (getattr(config, "dtype", None), stored.get("torch_dtype")):
+            name = _dtype_name(value)
             if name is not None:
                 return name
     return None

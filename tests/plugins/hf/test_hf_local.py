@@ -223,3 +223,19 @@ def test_architectures_that_are_not_a_list_of_names_are_an_invalid_config(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": True}))
     with pytest.raises(InvalidConfigError, match="field 'architectures' = True: expected a list of architecture names"):
         modelport.resolve(str(tmp_path), load_format="dummy", skip_tokenizer_init=True)
+
+
+@pytest.mark.parametrize(("stated", "expected"), [({"torch_dtype": "float16"}, "float16"), ({}, "bfloat16")])
+def test_the_checkpoint_dtype_is_read_without_transformers_deprecation_warning(stated, expected, tiny_model, tmp_path):
+    folder = tiny_model()
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None)
+    config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps({**config, **stated}))
+    code = f"import modelport\nprint(modelport.resolve({str(folder)!r}).dtype)\n"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "MODELPORT_PLUGINS": "modelport-hf"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+    # transformers warns each time its deprecated ``torch_dtype`` property is read
+    assert "torch_dtype" not in proc.stderr
