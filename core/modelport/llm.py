@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from modelport.errors import ExecutorError, TokenizerError
+from modelport.errors import ExecutorError, InvalidOptionError, TokenizerError
 from modelport.executor import ExecutorSettings
 from modelport.outputs import RequestOutput
 from modelport.pipeline import LoadedModel, load
@@ -126,10 +127,31 @@ def _is_single(prompts: Any) -> bool:
 
 
 def _prompt(prompt: Prompt) -> str | list[int]:
+    """Text or token ids from one prompt; a malformed prompt is an :class:`InvalidOptionError`."""
     if isinstance(prompt, Mapping):
         if "prompt_token_ids" in prompt:
-            return [int(t) for t in prompt["prompt_token_ids"]]
-        return str(prompt["prompt"])
+            return _token_ids("prompt_token_ids", prompt["prompt_token_ids"])
+        if isinstance(prompt.get("prompt"), str):
+            return str(prompt["prompt"])
+        raise InvalidOptionError(
+            "prompt", prompt, detail='a prompt mapping holds "prompt" (text) or "prompt_token_ids" (token ids)'
+        )
     if isinstance(prompt, str):
         return prompt
-    return [int(t) for t in prompt]
+    return _token_ids("prompt", prompt)
+
+
+def _token_ids(field: str, value: Any) -> list[int]:
+    # Integers of any kind pass (numpy's, a torch tensor's items: operator.index); "7", 7.5 and
+    # True would otherwise turn into ids silently.
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidOptionError(field, value, detail="token ids are a list of integers")
+    ids: list[int] = []
+    for token in value:
+        try:
+            if isinstance(token, bool):
+                raise TypeError(token)
+            ids.append(operator.index(token))
+        except TypeError:
+            raise InvalidOptionError(field, value, detail=f"token ids are integers, not {token!r}") from None
+    return ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -185,3 +186,25 @@ def test_a_single_file_reference_names_its_file_and_lists_the_files_beside_it(to
     assert resolved.source.primary_file == "toy.json"
     assert resolved.source.location == str(folder / "toy.json")
     assert resolved.source.list_files() == ["toy-tokenizer.txt", "toy.json"]
+
+
+def test_malformed_prompts_are_invalid_option_errors_naming_the_field_and_value(toy, toy_model):
+    import numpy as np
+
+    from modelport.errors import InvalidOptionError
+
+    llm = modelport.LLM(str(toy_model()), host=toy, load_format="dummy", skip_tokenizer_init=True)
+    params = modelport.SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    cases = [
+        ({"prompt_token_ids": ["a", "b"]}, "invalid value ['a', 'b'] for option 'prompt_token_ids'"),
+        ({"prompt_token_ids": [1, 2.5]}, "token ids are integers, not 2.5"),
+        ({"prompt_token_ids": [True]}, "token ids are integers, not True"),
+        ({"prompt_token_ids": 7}, "token ids are a list of integers"),
+        ({"text": "hello"}, 'holds "prompt" (text) or "prompt_token_ids"'),
+    ]
+    for prompt, message in cases:
+        with pytest.raises(InvalidOptionError, match=re.escape(message)):
+            llm.generate([prompt], params)
+    # integers of other kinds are token ids
+    (output,) = llm.generate([{"prompt_token_ids": np.array([1, 2, 3])}], params)
+    assert len(output.prompt_token_ids) == 3 and len(output.outputs[0].token_ids) == 1
