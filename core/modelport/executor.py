@@ -39,13 +39,19 @@ class ExecutorSettings:
         max_num_seqs: sequences running at once at most; more wait.
         max_num_batched_tokens: tokens in one forward at most (longer prompts are chunked).
         block_size: tokens per KV cache block.
-        kv_cache_memory: bytes the KV cache may take.
+        kv_cache_memory: bytes the KV cache may take (the CPU executor's budget).
+        gpu_memory_utilization: the share of a GPU's memory the executor may use in all (weights,
+            activations and KV cache), vLLM's name and default; a GPU executor sizes its KV cache
+            from it instead of ``kv_cache_memory``. Above 0, at most 1.
+        enforce_eager: run every step eagerly (a GPU executor captures no CUDA graphs).
     """
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
     kv_cache_memory: int = 1 << 30
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         from modelport.errors import InvalidOptionError
@@ -54,6 +60,11 @@ class ExecutorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(name, value, detail="expected a positive integer")
+        share = self.gpu_memory_utilization
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise InvalidOptionError("gpu_memory_utilization", share, detail="expected a number above 0, at most 1")
+        if not isinstance(self.enforce_eager, bool):
+            raise InvalidOptionError("enforce_eager", self.enforce_eager, detail="expected True or False")
 
 
 class BlockAllocator:
@@ -433,7 +444,7 @@ class CPUExecutor:
             block_tables=[list(r.blocks) for r, _ in scheduled],
         )
         with torch.inference_mode():
-            logits = self.threads.run(lambda: self.model.forward(batch, self.kv_cache)).float()
+            logits = self.run_model(batch).float()
         self.steps += 1
         for request, count in scheduled:
             request.num_computed += count
@@ -457,6 +468,14 @@ class CPUExecutor:
                 self.allocator.free(request.blocks)
                 request.blocks = []
         return reported
+
+    def run_model(self, batch: SequenceBatch) -> torch.Tensor:
+        """One forward of the model over ``batch``, under the :class:`ThreadGovernor`; returns its logits.
+
+        The seam an executor for another device overrides (modelport-cuda replays CUDA graphs for decode steps).
+        """
+        logits: torch.Tensor = self.threads.run(lambda: self.model.forward(batch, self.kv_cache))
+        return logits
 
     def _append(self, request: _Request, row: torch.Tensor, token: int | None = None) -> None:
         """Append the next token of ``request``, chosen from its logits ``row`` unless ``token`` is given."""

@@ -25,7 +25,9 @@ class LLM:
         max_num_seqs: sequences run at once at most.
         max_num_batched_tokens: tokens in one forward at most.
         block_size: tokens per KV cache block.
-        kv_cache_memory: bytes the KV cache may take.
+        kv_cache_memory: bytes the KV cache may take (on the CPU).
+        gpu_memory_utilization: share of a GPU's memory the executor may use (weights, activations, KV cache).
+        enforce_eager: capture no CUDA graphs: every step runs eagerly (GPU executors).
         **options: :class:`~modelport.LoadOptions` fields (``dtype``, ``device``, ``revision``...).
     """
 
@@ -38,6 +40,8 @@ class LLM:
         max_num_batched_tokens: int = 2048,
         block_size: int = 16,
         kv_cache_memory: int = 1 << 30,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
         **options: Any,
     ) -> None:
         self.host = host or get_host()
@@ -49,7 +53,9 @@ class LLM:
                 f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
             )
         self.loaded: LoadedModel = load(model, host=self.host, **options)
-        settings = ExecutorSettings(max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory)
+        settings = ExecutorSettings(
+            max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory, gpu_memory_utilization, enforce_eager
+        )
         resolved = self.loaded.resolved
         answer = self.host.call_first(
             "modelport_create_executor",
