@@ -27,7 +27,7 @@ from typing import Any
 JSON_VERSION = 1
 
 _BOOL_OPTIONS = {"trust_remote_code", "skip_tokenizer_init", "offline"}
-_INT_OPTIONS = {"max_model_len"}
+_INT_OPTIONS = {"max_model_len", "tensor_parallel_size"}
 _OPTION_HELP = {
     "revision": "branch, tag or commit of the model repository",
     "code_revision": "revision to take remote code from",
@@ -47,6 +47,8 @@ _OPTION_HELP = {
     "download_dir": "keep downloads here instead of the shared cache",
     "offline": "make no network call",
     "max_model_len": "cap on the context length",
+    "tensor_parallel_size": "processes to shard the model over (tensor parallelism)",
+    "distributed_executor_backend": "what starts the other ranks: mp (default), ray or a registered backend",
 }
 
 

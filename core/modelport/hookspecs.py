@@ -306,6 +306,21 @@ def modelport_create_executor(
     """
 
 
+# --- distributed ---------------------------------------------------------------
+
+
+@hookspec
+def modelport_register_distributed_backends(register: Callable[..., None]) -> None:
+    """Register what starts the other ranks of a tensor-parallel model (``register(name, target, description="")``).
+
+    ``name`` is a value of the ``distributed_executor_backend`` option (``mp``,
+    ``ray``...); ``target`` is a ``"module:Class"`` string naming a
+    :class:`~modelport.distributed.launcher.WorkerLauncher` constructible with no
+    arguments, imported on first use. Core registers ``mp`` (local worker
+    processes); the first registration of a name wins.
+    """
+
+
 #: The "register many" hooks and the registry kind each fills.
 REGISTER_HOOKS: dict[str, str] = {
     "modelport_register_config_formats": "config_format",
@@ -316,4 +331,5 @@ REGISTER_HOOKS: dict[str, str] = {
     "modelport_register_tokenizer_modes": "tokenizer_mode",
     "modelport_register_load_formats": "load_format",
     "modelport_register_executors": "executor",
+    "modelport_register_distributed_backends": "distributed_backend",
 }

@@ -58,6 +58,11 @@ class LoadOptions:
         max_model_len: cap on the context length; an error if above the model's.
         hub: where repository ids resolve: ``hf`` or ``modelscope`` (``None``: ``modelscope``
             when ``MODELPORT_USE_MODELSCOPE`` or ``VLLM_USE_MODELSCOPE`` is set, else ``hf``).
+        tensor_parallel_size: how many processes (ranks) the model is sharded over; ``1``: one
+            process, no sharding.
+        distributed_executor_backend: what starts the other ranks when ``tensor_parallel_size``
+            is above 1: ``mp`` (local worker processes, in core), ``ray`` (modelport-ray) or any
+            registered backend; ``None``: ``mp``.
     """
 
     revision: str | None = None
@@ -79,6 +84,8 @@ class LoadOptions:
     offline: bool | None = None
     max_model_len: int | None = None
     hub: str | None = None
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("revision", "code_revision", "hf_config_path", "tokenizer", "tokenizer_revision", "download_dir"):
@@ -113,6 +120,15 @@ class LoadOptions:
             isinstance(self.max_model_len, bool) or not isinstance(self.max_model_len, int) or self.max_model_len <= 0
         ):
             raise InvalidOptionError("max_model_len", self.max_model_len, detail="expected a positive integer or None")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise InvalidOptionError("tensor_parallel_size", tp, detail="expected a positive integer")
+        backend = self.distributed_executor_backend
+        if backend is not None and (not isinstance(backend, str) or not backend):
+            # Registered names are checked against the registry when the pipeline starts.
+            raise InvalidOptionError(
+                "distributed_executor_backend", backend, detail="expected None or a backend name such as 'mp' or 'ray'"
+            )
         overrides = self.hf_overrides
         if overrides is not None and not (isinstance(overrides, Mapping) or callable(overrides)):
             raise InvalidOptionError(

@@ -243,6 +243,9 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     run.check_registered("config_format", "config_format")
     run.check_registered("tokenizer_mode", "tokenizer_mode")
     run.check_registered("load_format", "load_format")
+    backends = registry.names("distributed_backend")
+    if opts.distributed_executor_backend is not None and opts.distributed_executor_backend not in backends:
+        raise InvalidOptionError("distributed_executor_backend", opts.distributed_executor_backend, backends)
 
     source = run.classify("source", reference)
     config_source = run.classify("config_source", opts.hf_config_path) if opts.hf_config_path else source

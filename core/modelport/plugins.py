@@ -47,6 +47,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("modelport.builtin.architectures", "modelport.builtin.architectures"),
     ("modelport.builtin.native", "modelport.builtin.native"),
     ("modelport.builtin.cpu", "modelport.builtin.cpu"),
+    ("modelport.builtin.distributed", "modelport.builtin.distributed"),
 )
 
 hook_log = logging.getLogger("modelport.hooks")

@@ -122,6 +122,29 @@ class Registry:
 
             return register_architecture
 
+        if kind == "distributed_backend":
+
+            def register_distributed_backend(name: str, target: str, description: str = "") -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(plugin, f"distributed backend name must be a non-empty string, got {name!r}")
+                _check_target(plugin, "distributed backend", name, target)
+                self.entries.append(RegistryEntry(kind, name, plugin, target, description))
+
+            return register_distributed_backend
+
+        if kind == "executor":
+
+            def register_executor(name: str, description: str = "", available: str | None = None) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(plugin, f"executor name must be a non-empty string, got {name!r}")
+                extra: dict[str, Any] = {}
+                if available is not None:
+                    # "module:function" taking a device string, returning why it cannot be used (None: it can).
+                    extra["available"] = _check_target(plugin, "executor availability check", name, available)
+                self.entries.append(RegistryEntry(kind, name, plugin, None, description, extra))
+
+            return register_executor
+
         if kind == "config_format":
 
             def register_config_format(name: str, description: str = "", default_dtype: str | None = None) -> None:
