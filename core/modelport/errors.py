@@ -186,8 +186,18 @@ class ExecutorError(ModelportError):
     """No executor can run the model on the requested device."""
 
 
+class DeviceUnavailableError(ExecutorError):
+    """The ``device`` option names a device this machine does not have (``cuda`` without a CUDA device)."""
+
+    def __init__(self, device: str, detail: str) -> None:
+        self.device = device
+        self.detail = detail
+        super().__init__(f"device {device!r} is not available: {detail}")
+
+
 __all__ = [
     "AccessDeniedError",
+    "DeviceUnavailableError",
     "DownloadError",
     "ExecutorError",
     "InvalidConfigError",

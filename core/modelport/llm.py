@@ -6,6 +6,7 @@ import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from modelport.devices import resolve_device
 from modelport.errors import ExecutorError, InvalidOptionError, TokenizerError
 from modelport.executor import ExecutorSettings
 from modelport.outputs import RequestOutput
@@ -45,13 +46,10 @@ class LLM:
         **options: Any,
     ) -> None:
         self.host = host or get_host()
-        device = str(options.get("device", "cpu"))
-        executors = self.host.registry.names("executor")
-        if device.split(":")[0] not in executors:
+        device = options.get("device", "cpu")
+        if isinstance(device, str):  # a bad value is the options' error, raised by load()
             # Checked before loading: no point reading weights that nothing can run.
-            raise ExecutorError(
-                f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
-            )
+            options["device"], _ = resolve_device(device, self.host.registry, need_executor=True)
         self.loaded: LoadedModel = load(model, host=self.host, **options)
         settings = ExecutorSettings(
             max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory, gpu_memory_utilization, enforce_eager

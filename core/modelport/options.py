@@ -52,7 +52,8 @@ class LoadOptions:
         load_format: ``auto`` or a registered load format (``safetensors``, ``pt``, ``dummy``...).
         model_impl: ``auto`` (native first), ``native`` or ``transformers``.
         dtype: ``auto`` (the checkpoint's) or a torch dtype name.
-        device: ``cpu``, ``cuda``, ``cuda:1``...; picks the executor.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; picks the executor. ``auto``: a GPU where one
+            is present and an installed executor drives it (modelport-cuda), else ``cpu``.
         download_dir: keep downloaded files here instead of the shared cache.
         offline: make no network call (``None``: follow ``HF_HUB_OFFLINE``).
         max_model_len: cap on the context length; an error if above the model's.
@@ -112,9 +113,10 @@ class LoadOptions:
             raise InvalidOptionError("model_impl", self.model_impl, MODEL_IMPLS)
         if self.dtype not in DTYPES:
             raise InvalidOptionError("dtype", self.dtype, DTYPES)
-        if not isinstance(self.device, str) or not _DEVICE_PATTERN.match(self.device):
+        device = self.device
+        if not isinstance(device, str) or not _DEVICE_PATTERN.match(device) or device.startswith("auto:"):
             raise InvalidOptionError(
-                "device", self.device, detail="expected a device name such as 'cpu', 'cuda' or 'cuda:1'"
+                "device", self.device, detail="expected 'auto' or a device name such as 'cpu', 'cuda' or 'cuda:1'"
             )
         if self.max_model_len is not None and (
             isinstance(self.max_model_len, bool) or not isinstance(self.max_model_len, int) or self.max_model_len <= 0

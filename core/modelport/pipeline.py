@@ -24,6 +24,7 @@ from typing import Any
 
 from modelport import progress
 from modelport.config_checks import check_config_values, check_model_fits
+from modelport.devices import resolve_device
 from modelport.errors import (
     InvalidConfigError,
     InvalidOptionError,
@@ -489,9 +490,18 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
     and filled by ``load_weights(iterator)``, which returns a
     :class:`WeightReport` of parameters no weight filled and weights no
     parameter took.
+
+    The ``device`` option is settled first (:func:`modelport.devices.resolve_device`):
+    ``auto`` becomes a device present here, and a device its executor plugin reports
+    absent raises :class:`~modelport.errors.DeviceUnavailableError` before any file is read.
     """
     opts = LoadOptions.from_kwargs(**options)
-    run = _Run(host or get_host(), opts)
+    host = host or get_host()
+    started = time.perf_counter()
+    device, why = resolve_device(opts.device, host.registry)
+    opts = opts.replace(device=device) if device != opts.device else opts
+    run = _Run(host, opts)
+    run.trace.record("device", "modelport", device, why, time.perf_counter() - started)
     resolved = _resolve(run, reference)
     trace = run.trace
     _fetch_files(resolved, trace)

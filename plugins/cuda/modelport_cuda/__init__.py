@@ -1,3 +1,3 @@
-"""modelport-cuda: a CUDA executor for modelport (a skeleton for now)."""
+"""modelport-cuda: the CUDA executor for modelport (continuous batching on NVIDIA GPUs)."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The ``device`` option: ``auto`` resolved, and a device checked before anything is built on it.
+
+An executor plugin may register, with its device type, an availability check
+(``register("cuda", description, available="module:function")``): a function
+taking the device string (``cuda``, ``cuda:1``) and returning why that device
+cannot be used here, or ``None`` when it can. Core asks it before a model is
+built on the device, so that ``device="cuda"`` on a machine without a GPU fails
+at once with a :class:`~modelport.errors.DeviceUnavailableError` that says so,
+not deep inside torch after the weights were read. ``device="auto"`` becomes
+the first registered device type other than ``cpu`` (in name order) whose
+check passes, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+from modelport.errors import DeviceUnavailableError, ExecutorError, PluginError
+from modelport.registry import Registry
+
+#: The value of the ``device`` option that picks a device from what is installed and present.
+AUTO = "auto"
+
+
+def unavailable_reason(device: str, registry: Registry) -> str | None:
+    """Why ``device`` cannot be used here, by its executor's registered check; ``None`` if it can (or none checks)."""
+    entry = registry.lookup("executor", device.split(":")[0])
+    target = entry.extra.get("available") if entry is not None else None
+    if not target:
+        return None
+    check = registry.load(str(target))
+    reason = check(device)
+    if reason is not None and not isinstance(reason, str):
+        raise PluginError(entry.plugin if entry else "", f"{target} returned {reason!r}, not a reason or None")
+    return reason
+
+
+def resolve_device(device: str, registry: Registry, *, need_executor: bool = False) -> tuple[str, str]:
+    """The concrete device for the ``device`` option, and why (for the trace).
+
+    Args:
+        device: the option (``auto``, ``cpu``, ``cuda``, ``cuda:1``...).
+        registry: the registry holding the executors and their availability checks.
+        need_executor: raise when no executor is registered for the device type
+            (:class:`modelport.LLM` needs one; :func:`modelport.load` does not).
+
+    Raises:
+        DeviceUnavailableError: the device's executor says it is not there.
+        ExecutorError: ``need_executor`` and no installed executor drives the device type.
+    """
+    if device == AUTO:
+        for name in registry.names("executor"):
+            entry = registry.lookup("executor", name)
+            checked = name != "cpu" and entry is not None and entry.extra.get("available")
+            if checked and entry is not None and unavailable_reason(name, registry) is None:
+                return name, f"device='auto': {name} is present ({entry.plugin})"
+        return "cpu", "device='auto': no other registered device is present here"
+    executors = registry.names("executor")
+    if need_executor and device.split(":")[0] not in executors:
+        # Checked before loading: no point reading weights that nothing can run.
+        raise ExecutorError(
+            f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
+        )
+    reason = unavailable_reason(device, registry)
+    if reason is not None:
+        raise DeviceUnavailableError(device, reason)
+    return device, "given by the device option"
