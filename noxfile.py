@@ -1,5 +1,5 @@
 """Every workflow of modelport: ``nox -s tests`` (the default), ``isolated``, ``lint``, ``types``, ``docs``,
-``benchmarks``, ``demo``, ``fuzz``.
+``benchmarks``, ``demo``, ``fuzz``, ``gpu``.
 
 Each session installs with ``-c tests/constraints.txt`` (torch is pinned there: see that
 file). Virtualenvs are reused between runs (``--reuse-venv=no`` rebuilds them), and every
@@ -97,6 +97,24 @@ def isolated(session: nox.Session, plugin: str) -> None:
     if missing:
         session.error(f"no tests for this session at {', '.join(missing)}")
     session.run("pytest", *paths, *session.posargs)
+
+
+@nox.session(default=False)
+def gpu(session: nox.Session) -> None:
+    """modelport-cuda's tests where torch sees a CUDA device, the ``gpu``-marked ones included; not in CI.
+
+    Installs core and every plugin with PyPI's torch of the constraints (its Linux build is the
+    CUDA one: PyTorch's CPU index is left out of this session), then skips (status 0) unless
+    ``torch.cuda.is_available()``. ``nox -s gpu -- -m gpu`` runs only the tests marked ``gpu``.
+    """
+    session.env["PIP_EXTRA_INDEX_URL"] = None  # a +cpu torch from PyTorch's CPU index would see no GPU
+    install_projects(session, ".", *(f"plugins/{name}" for name in PLUGINS), extra=TEST_REQUIREMENTS)
+    found = session.run(
+        "python", "-c", "import torch; print(torch.cuda.is_available(), torch.__version__)", silent=True
+    )
+    if not isinstance(found, str) or not found.startswith("True"):
+        session.skip(f"no CUDA device here: torch.cuda.is_available() is False (torch {str(found).split()[-1]})")
+    session.run("pytest", "tests/plugins/cuda", "-ra", *session.posargs)
 
 
 @nox.session

@@ -27,7 +27,7 @@ from modelport.errors import ExecutorError
 from modelport.executor import CPUExecutor, ExecutorSettings
 from modelport.models.protocol import SequenceBatch
 from modelport_cuda.graphs import MAX_CAPTURE_LEN, DecodeGraphRunner, GraphCapture, capture_sizes, graph_support
-from modelport_cuda.memory import MemoryPlan, kv_cache_blocks, plan_memory
+from modelport_cuda.memory import GIB, MemoryPlan, kv_cache_blocks, plan_memory
 
 if TYPE_CHECKING:
     import torch
@@ -220,4 +220,8 @@ def create_cuda_executor(device: str, model: Any, loaded: Any, settings: Executo
         if executor.graph_runner is not None
         else f"eager ({executor.eager_reason})"
     )
-    return executor, f"{target}: {blocks} KV blocks; {plan.describe()}; {mode}"
+    cache_bytes = getattr(executor.kv_cache, "nbytes", executor.allocator.num_blocks * per_block)
+    return executor, (
+        f"{target}: {executor.allocator.num_blocks} KV blocks of {settings.block_size} tokens "
+        f"({cache_bytes / GIB:.2f} GiB; budget: {plan.describe()}); {mode}"
+    )
