@@ -1,12 +1,22 @@
-"""The native models' linear layer: oneDNN for float32 on the CPU, F.linear otherwise, same results."""
+"""The native models' linear layer: oneDNN on the CPU (packed weights in bfloat16), F.linear otherwise, same results."""
 
 from __future__ import annotations
+
+import gc
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from modelport.models.linear import Linear, linear, onednn_linear_works
+import modelport.models.linear as linear_module
+from modelport.models.linear import (
+    PACKED_MAX_ROWS,
+    Linear,
+    linear,
+    onednn_linear_works,
+    packed_linear_works,
+    stacked_linear,
+)
 
 
 @pytest.mark.parametrize("rows", [0, 1, 7, 300])
@@ -21,8 +31,8 @@ def test_float32_linear_equals_f_linear_to_rounding(rows, bias):
 
 
 def test_other_dtypes_and_inputs_needing_gradients_take_f_linear_exactly():
-    x = torch.randn(5, 32, dtype=torch.bfloat16)
-    weight = torch.randn(8, 32, dtype=torch.bfloat16)
+    x = torch.randn(5, 32, dtype=torch.float64)
+    weight = torch.randn(8, 32, dtype=torch.float64)
     assert torch.equal(linear(x, weight), F.linear(x, weight))
     x = torch.randn(5, 32, requires_grad=True)
     weight = torch.randn(8, 32)
@@ -44,3 +54,79 @@ def test_onednn_is_found_where_torch_has_it():
     assert onednn_linear_works() == (
         torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
+
+
+needs_packing = pytest.mark.skipif(
+    not packed_linear_works(torch.bfloat16), reason="oneDNN cannot pack bfloat16 weights on this CPU"
+)
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [0, 1, 5, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1])
+def test_bfloat16_linear_through_packed_weights_equals_f_linear(rows, monkeypatch):
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 64, generator=generator).bfloat16()
+    weight = torch.randn(48, 64, generator=generator).bfloat16()
+    bias = torch.randn(48, generator=generator).bfloat16()
+    with torch.no_grad():
+        packed = linear(x, weight, bias)
+        monkeypatch.setattr(linear_module, "PACKED_MAX_ROWS", -1)  # the dense path, for comparison
+        torch.testing.assert_close(packed, linear(x, weight, bias), rtol=0, atol=0)
+        torch.testing.assert_close(packed, F.linear(x, weight, bias), rtol=0, atol=0)
+
+
+@needs_packing
+def test_a_weight_is_packed_once_and_again_when_replaced():
+    generator = torch.Generator().manual_seed(1)
+    layer = Linear(64, 32, bias=False, dtype=torch.bfloat16)
+    x = torch.randn(2, 64, generator=generator).bfloat16()
+    with torch.no_grad():
+        first = layer(x)
+        packed = linear_module._packed[(id(layer.weight),)]
+        layer(x)
+        assert linear_module._packed[(id(layer.weight),)] is packed  # reused, not remade
+        layer.weight.data = torch.randn(32, 64, generator=generator).bfloat16()  # new storage: repacked
+        second = layer(x)
+    assert not torch.equal(first, second)
+    torch.testing.assert_close(second, F.linear(x, layer.weight), rtol=0, atol=0)
+
+
+def test_a_freed_weight_drops_its_packed_copy():
+    if not packed_linear_works(torch.bfloat16):
+        pytest.skip("oneDNN cannot pack bfloat16 weights on this CPU")
+    weight = torch.randn(16, 32).bfloat16()
+    key = (id(weight),)
+    with torch.no_grad():
+        linear(torch.randn(1, 32).bfloat16(), weight)
+    assert key in linear_module._packed
+    del weight
+    gc.collect()
+    assert key not in linear_module._packed
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [False, True])
+def test_stacked_layers_give_each_layers_own_output(bias):
+    torch.manual_seed(0)
+    layers = [Linear(64, rows, bias=bias, dtype=torch.bfloat16) for rows in (48, 16, 16)]
+    x = torch.randn(3, 64).bfloat16()
+    with torch.no_grad():
+        outputs = stacked_linear(x, layers)
+        assert [tuple(o.shape) for o in outputs] == [(3, 48), (3, 16), (3, 16)]
+        for out, layer in zip(outputs, layers, strict=True):
+            torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+
+
+def test_stacked_layers_of_another_kind_or_dtype_run_one_by_one():
+    class Doubled(Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        layers = [Linear(32, 8, dtype=dtype), Doubled(32, 8, dtype=dtype)]
+        x = torch.randn(2, 32).to(dtype)
+        with torch.no_grad():
+            plain, doubled = stacked_linear(x, layers)
+            torch.testing.assert_close(plain, F.linear(x, layers[0].weight, layers[0].bias), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(doubled, 2 * F.linear(x, layers[1].weight, layers[1].bias), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Linear layers of the native models, through oneDNN for float32 on the CPU.
+"""Linear layers of the native models, through oneDNN on the CPU.
 
 ATen runs a float32 ``F.linear`` on the CPU through its BLAS (MKL's sgemm in
 the official wheels); bfloat16 and float16 already go through oneDNN,
@@ -11,20 +11,42 @@ AMD EPYC development machine, where oneDNN runs AVX-512 code and MKL
 backend emits for linear layers, with the dense weight as it is (no second,
 reordered copy of the weights).
 
-That operator is private. It is tried once per process on a small input
-against ``F.linear``; where it is missing, fails or disagrees, and for
-anything else (other dtypes or devices, inputs that need gradients),
-:func:`linear` is ``F.linear``. The results agree with ``F.linear`` to
-float32 rounding (a different summation order).
+In bfloat16 (and float16 where the CPU has the instructions) oneDNN reads a
+weight in a blocked layout of its own, and ``F.linear`` reorders the dense
+weight into it on every call: for the few rows of a decode step that copy
+costs more than the product (a whole 100M-parameter bfloat16 model's step
+took twice as long as with the weights reordered once). So for up to
+:data:`PACKED_MAX_ROWS` rows, these dtypes use a copy of the weight reordered
+once (``torch.ops.mkldnn._reorder_linear_weight``), kept beside the dense
+weight for as long as the weight lives: **it doubles the memory of the
+weights it is made for**, the price of the speed. The copy is remade when the
+weight is replaced (another tensor or another storage); writing into a weight
+in place after it was used is not seen. :func:`stacked_linear` computes
+several layers that read the same input (q, k and v; gate and up) in one
+product over their weights stacked by rows, packed together the same way.
+The results equal ``F.linear``'s (the same oneDNN kernel).
+
+These operators are private. Each is tried once per process and dtype on a
+small input against ``F.linear``; where one is missing, fails or disagrees,
+and for anything else (other devices, inputs that need gradients),
+:func:`linear` is ``F.linear``. The float32 results agree with ``F.linear``
+to float32 rounding (a different summation order).
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Rows of input up to which bfloat16 and float16 products use the packed weights (more: ``F.linear``).
+PACKED_MAX_ROWS = 256
+
+_PACKED_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @functools.cache
@@ -43,8 +65,91 @@ def onednn_linear_works() -> bool:
     return isinstance(got, torch.Tensor) and torch.allclose(got, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
+@functools.cache
+def packed_linear_works(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs ``dtype`` weights here, and its product with them equals ``F.linear`` on a probe."""
+    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    if reorder is None or dtype not in _PACKED_DTYPES or not onednn_linear_works():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*shape, generator=generator).to(dtype) for shape in ((3, 32), (24, 32), (24,)))
+    try:
+        with torch.no_grad():
+            got = torch.ops.mkldnn._linear_pointwise(x, reorder(weight, 1), bias, "none", [], "")
+    except Exception:  # the CPU lacks the instructions (float16 without AVX512-FP16), or any other failure
+        return False
+    expected = F.linear(x, weight, bias)
+    return isinstance(got, torch.Tensor) and torch.allclose(got.float(), expected.float(), rtol=1e-2, atol=1e-2)
+
+
+class _Packed:
+    """A packed copy of one or more weights stacked by rows, with their stacked bias."""
+
+    __slots__ = ("bias", "pointers", "sizes", "sources", "weight")
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]) -> None:
+        self.sources = tuple(weakref.ref(w) for w in weights)
+        self.pointers = tuple(w.data_ptr() for w in weights)
+        self.sizes = [int(w.shape[0]) for w in weights]
+        with torch.inference_mode(False), torch.no_grad():  # usable in and out of inference mode
+            dense = weights[0] if len(weights) == 1 else torch.cat(list(weights))
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(dense.contiguous(), 1)
+            if all(b is None for b in biases):
+                self.bias = None
+            else:
+                self.bias = torch.cat(
+                    [
+                        b.detach() if b is not None else torch.zeros(size, dtype=weights[0].dtype)
+                        for b, size in zip(biases, self.sizes, strict=True)
+                    ]
+                )
+
+    def current(self, weights: Sequence[torch.Tensor]) -> bool:
+        """Whether this copy was made from these very weights, in their present storage."""
+        if len(weights) != len(self.sources):
+            return False
+        pairs = zip(self.sources, weights, self.pointers, strict=True)
+        return all(ref() is w and w.data_ptr() == pointer for ref, w, pointer in pairs)
+
+
+#: Packed copies by the ids of the weights they stack; an entry goes when its first weight is freed.
+_packed: dict[tuple[int, ...], _Packed] = {}
+
+
+def _packed_for(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]) -> _Packed:
+    key = tuple(id(w) for w in weights)
+    found = _packed.get(key)
+    if found is not None and found.current(weights):
+        return found
+    made = _Packed(weights, biases)
+    _packed[key] = made
+    if found is None:
+        weakref.finalize(weights[0], _packed.pop, key, None)
+    return made
+
+
+def _packs(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the product of ``x`` and ``weight`` uses a packed copy of the weight."""
+    return (
+        x.dtype in _PACKED_DTYPES
+        and weight.dtype is x.dtype
+        and x.dim() == 2
+        and x.shape[0] <= PACKED_MAX_ROWS
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and packed_linear_works(x.dtype)
+    )
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` for a 2D ``x``; float32 CPU tensors go through oneDNN where it works."""
+    """``F.linear(x, weight, bias)`` for a 2D ``x``, through oneDNN on the CPU where it works (see above)."""
+    if _packs(x, weight) and (bias is None or bias.dtype is x.dtype):
+        packed = _packed_for((weight,), (bias,))
+        result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x.contiguous(), packed.weight, packed.bias, "none", [], ""
+        )
+        return result
     if (
         x.dtype is torch.float32
         and weight.dtype is torch.float32
@@ -58,6 +163,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
         return out
     return F.linear(x, weight, bias)
+
+
+def stacked_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...]:
+    """``tuple(layer(x) for layer in layers)``, in one product where the weights are packed (see above).
+
+    ``layers`` are linear layers reading the same ``x`` (``[T, in_features]``), say q, k and v. Where they
+    are all plain :class:`Linear` layers of one dtype and :func:`linear` would use packed weights for
+    them, their weights are stacked by rows and packed once, and one product gives every output (views
+    of its columns); otherwise each layer runs on its own.
+    """
+    weights = [getattr(layer, "weight", None) for layer in layers]
+    if len(layers) > 1 and all(type(layer).forward is Linear.forward for layer in layers):
+        first = weights[0]
+        if (
+            isinstance(first, torch.Tensor)
+            and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
+            and _packs(x, first)
+        ):
+            tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+            biases = [getattr(layer, "bias", None) for layer in layers]
+            packed = _packed_for(tensors, biases)
+            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+                x.contiguous(), packed.weight, packed.bias, "none", [], ""
+            )
+            return tuple(torch.split(out, packed.sizes, dim=-1))
+    return tuple(layer(x) for layer in layers)
 
 
 class Linear(nn.Linear):
