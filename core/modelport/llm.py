@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from modelport.devices import resolve_device
+from modelport.distributed.driver import ShardedModel, load_sharded
 from modelport.errors import ExecutorError, InvalidOptionError, TokenizerError
 from modelport.executor import ExecutorSettings
 from modelport.outputs import RequestOutput
@@ -50,7 +51,11 @@ class LLM:
         if isinstance(device, str):  # a bad value is the options' error, raised by load()
             # Checked before loading: no point reading weights that nothing can run.
             options["device"], _ = resolve_device(device, self.host.registry, need_executor=True)
-        self.loaded: LoadedModel = load(model, host=self.host, **options)
+        if options.get("tensor_parallel_size", 1) != 1:
+            # Ranks 1..N-1 start through the distributed backend; this process is rank 0 (the driver).
+            self.loaded: LoadedModel = load_sharded(model, self.host, options)
+        else:
+            self.loaded = load(model, host=self.host, **options)
         settings = ExecutorSettings(
             max_num_seqs, max_num_batched_tokens, block_size, kv_cache_memory, gpu_memory_utilization, enforce_eager
         )
@@ -72,6 +77,22 @@ class LLM:
         self.loaded.trace.record(
             "executor", answer.plugin or "", type(self.executor).__name__, answer.reason, answer.seconds, answer.asked
         )
+
+    def close(self) -> None:
+        """Stop the other ranks of a tensor-parallel model (idempotent); also done on garbage collection and at exit.
+
+        Nothing to do for a model in one process. ``with LLM(...) as llm:`` closes at the end of the block.
+        """
+        if isinstance(self.loaded.model, ShardedModel):
+            self.loaded.model.close()
+
+    def __enter__(self) -> LLM:
+        """The LLM itself; :meth:`close` runs when the block ends."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close (see :meth:`close`)."""
+        self.close()
 
     def get_tokenizer(self) -> Any:
         """The tokenizer (``None`` with ``skip_tokenizer_init``)."""

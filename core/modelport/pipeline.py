@@ -509,6 +509,8 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
 
     with trace.timed("model", resolved.architecture.plugin, resolved.architecture.target, "") as info:
         cls = run.registry.load(resolved.architecture.target)
+        if opts.tensor_parallel_size > 1:
+            _check_shard(cls, resolved)
         model = cls.from_config(resolved.hf_config, dtype=resolved.dtype, device=opts.device)
         info["reason"] = f"built on {opts.device} in {resolved.dtype}"
 
@@ -558,6 +560,25 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         tokenizer = answer.value
 
     return LoadedModel(resolved, model, tokenizer, report, trace)
+
+
+def _check_shard(cls: Any, resolved: ResolvedModel) -> None:
+    """A tensor-parallel load builds one rank's shard: only inside a group of that size, of a class that shards."""
+    from modelport.distributed.checks import check_tensor_parallel
+    from modelport.distributed.state import current
+
+    size = resolved.options.tensor_parallel_size
+    arch = resolved.architecture.name
+    check_tensor_parallel(cls, resolved.hf_config, size, location=resolved.source.location, architecture=arch)
+    if current().world_size != size:
+        raise InvalidOptionError(
+            "tensor_parallel_size",
+            size,
+            detail=(
+                "load() builds one rank's shard inside a tensor-parallel group of that size; "
+                "modelport.LLM starts the group (or set modelport.distributed.state.parallel_state in a worker)"
+            ),
+        )
 
 
 def _fetch_files(resolved: ResolvedModel, trace: Trace) -> None:

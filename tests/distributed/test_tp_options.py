@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modelport import LoadOptions
-from modelport.distributed.launcher import MultiprocessingLauncher, WorkerLauncher
+from modelport.distributed.launcher import LocalProcessLauncher, WorkerLauncher
 from modelport.errors import InvalidOptionError
 from modelport.hookspecs import hookimpl
 from modelport.testing import isolated_host, make_tiny_model
@@ -37,7 +37,7 @@ def test_core_registers_the_mp_backend_as_a_worker_launcher():
     entry = host.registry.lookup("distributed_backend", "mp")
     assert entry is not None and entry.plugin == "modelport.builtin.distributed"
     launcher = host.registry.load(entry.target)()
-    assert isinstance(launcher, MultiprocessingLauncher)
+    assert isinstance(launcher, LocalProcessLauncher)
     assert isinstance(launcher, WorkerLauncher)
     assert launcher.dead() == []
     launcher.shutdown()  # idempotent with nothing started
@@ -47,7 +47,7 @@ def test_core_registers_the_mp_backend_as_a_worker_launcher():
 class _SlurmPlugin:
     @hookimpl
     def modelport_register_distributed_backends(self, register):
-        register("slurm", "modelport.distributed.launcher:MultiprocessingLauncher", description="test backend")
+        register("slurm", "modelport.distributed.launcher:LocalProcessLauncher", description="test backend")
 
 
 def test_a_plugin_registers_a_backend_and_an_unknown_name_is_rejected_listing_the_registered(tmp_path):

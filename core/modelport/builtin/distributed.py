@@ -9,9 +9,9 @@ from modelport.hookspecs import hookimpl
 
 @hookimpl
 def modelport_register_distributed_backends(register: Callable[..., None]) -> None:
-    """``mp``: ranks 1..N-1 as local processes (multiprocessing spawn), joined by torch.distributed."""
+    """``mp``: ranks 1..N-1 as local processes (fresh interpreters), joined by torch.distributed."""
     register(
         "mp",
-        "modelport.distributed.launcher:MultiprocessingLauncher",
-        description="local worker processes (multiprocessing spawn), gloo on CPU, NCCL on CUDA",
+        "modelport.distributed.launcher:LocalProcessLauncher",
+        description="local worker processes (fresh interpreters), gloo on CPU, NCCL on CUDA",
     )

@@ -104,46 +104,54 @@ def _set_parent_death_signal(parent: int) -> None:
         os._exit(1)
 
 
-def _mp_worker(job: WorkerJob, rank: int, parent: int) -> None:
+def _process_main() -> None:
+    """Entry point of a local worker process: its job comes pickled on stdin, from the driver that started it."""
+    import pickle
+
+    job, rank, parent = pickle.loads(sys.stdin.buffer.read())  # the driver's own data, through a pipe
+    sys.stdin.close()
     _set_parent_death_signal(parent)
     run_worker(job, rank)
 
 
-class MultiprocessingLauncher:
-    """``mp``: the other ranks are local processes, started with multiprocessing's ``spawn``.
+class LocalProcessLauncher:
+    """``mp``: the other ranks are local processes, each a fresh Python interpreter.
 
-    Spawned (never forked): a fork would copy the driver's threads and torch
-    state. Each worker is a daemon process killed with its driver (on Linux
-    even when the driver is killed), so none outlives it.
+    A fresh interpreter, as multiprocessing's ``spawn`` start method makes, but started
+    directly (``python -c``): a spawned child would import the user's main module again,
+    which breaks scripts without an ``if __name__ == "__main__":`` guard and notebooks. The
+    job travels pickled through the child's stdin; the child sees the driver's ``sys.path``.
+    On Linux a worker is killed when its driver dies, even by SIGKILL, so none outlives it.
     """
 
     def __init__(self) -> None:
         self.processes: dict[int, Any] = {}
 
     def start(self, job: WorkerJob) -> None:
-        """Spawn one process per rank ``1 .. world_size - 1``."""
-        import multiprocessing
+        """Start one process per rank ``1 .. world_size - 1``."""
+        import pickle
+        import subprocess
 
-        context = multiprocessing.get_context("spawn")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        code = "from modelport.distributed.launcher import _process_main; _process_main()"
         for rank in range(1, job.world_size):
-            process = context.Process(
-                target=_mp_worker,
-                args=(job, rank, os.getpid()),
-                name=f"modelport-tp-rank{rank}",
-                daemon=True,
-            )
-            process.start()
+            process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env)
             self.processes[rank] = process
+            assert process.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # it died at once: dead() says so
+                process.stdin.write(pickle.dumps((job, rank, os.getpid())))
+                process.stdin.close()
 
     def pids(self) -> list[int]:
         """The process id of each worker started (for tests and diagnostics)."""
-        return [p.pid for p in self.processes.values() if p.pid is not None]
+        return [p.pid for p in self.processes.values()]
 
     def dead(self) -> list[str]:
         """Each worker process that is no longer running, with how it ended."""
         found = []
         for rank, process in self.processes.items():
-            code = process.exitcode
+            code = process.poll()
             if code is None:
                 continue
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -152,18 +160,19 @@ class MultiprocessingLauncher:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Wait up to ``timeout`` seconds for the workers to exit, then terminate and kill what is left."""
+        import subprocess
+
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
         for process in self.processes.values():
-            if process.is_alive():
+            if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
-            process.join(2.0)
-            if process.is_alive():
+            try:
+                process.wait(2.0)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join(2.0)
-        for process in self.processes.values():
-            with contextlib.suppress(ValueError):
-                process.close()
+                process.wait(2.0)
         self.processes.clear()

@@ -304,6 +304,8 @@ class ChatGLMForCausalLM(LlamaForCausalLM):
     of what no weight filled); the layers are ChatGLM's own.
     """
 
+    supports_tensor_parallel = False  # its fused query_key_value is not split across ranks
+
     def __init__(self, hf_config: Any, *, dtype: torch.dtype = torch.float32) -> None:
         nn.Module.__init__(self)
         self.hf_config = hf_config

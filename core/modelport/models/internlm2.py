@@ -64,6 +64,7 @@ class InternLM2ForCausalLM(LlamaForCausalLM):
 
     attention_bias = "none"
     mlp_bias_from_config = False
+    supports_tensor_parallel = False  # its fused, interleaved wqkv is not split across ranks
 
     @classmethod
     def decoder_shape(cls, hf_config: Any) -> DecoderShape:

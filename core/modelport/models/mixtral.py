@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelport.distributed.layers import all_reduce
+from modelport.distributed.state import SINGLE, ParallelState
 from modelport.models.linear import linear
 from modelport.models.llama import ACTIVATIONS, DecoderShape, MistralForCausalLM, WeightTarget
 
@@ -29,11 +31,15 @@ _LEGACY_GATE = re.compile(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weigh
 
 
 class Experts(nn.Module):
-    """The experts of one layer, fused into two 3D parameters."""
+    """The experts of one layer, fused into two 3D parameters.
 
-    def __init__(self, shape: DecoderShape, dtype: torch.dtype) -> None:
+    With tensor parallelism every rank holds every expert, sliced along the intermediate
+    width (vLLM's default for a mixture of experts): gate and up rows, down columns.
+    """
+
+    def __init__(self, shape: DecoderShape, dtype: torch.dtype, parallel: ParallelState = SINGLE) -> None:
         super().__init__()
-        e, h, i = shape.num_experts, shape.hidden_size, shape.intermediate_size
+        e, h, i = shape.num_experts, shape.hidden_size, shape.intermediate_size // parallel.world_size
         self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h, dtype=dtype))
         self.down_proj = nn.Parameter(torch.empty(e, h, i, dtype=dtype))
         self.act = ACTIVATIONS[shape.hidden_act]
@@ -67,16 +73,17 @@ class Router(nn.Module):
 class SparseMoeBlock(nn.Module):
     """Router plus experts (``mlp.gate``, ``mlp.experts``)."""
 
-    def __init__(self, shape: DecoderShape, dtype: torch.dtype) -> None:
+    def __init__(self, shape: DecoderShape, dtype: torch.dtype, parallel: ParallelState = SINGLE) -> None:
         super().__init__()
         self.gate = Router(shape, dtype)
-        self.experts = Experts(shape, dtype)
+        self.experts = Experts(shape, dtype, parallel)
+        self.parallel = parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Route each token of ``x`` (``[T, hidden]``) through its experts."""
-        chosen, weights = self.gate(x)
+        chosen, weights = self.gate(x)  # the same choice on every rank: the router is whole everywhere
         out: torch.Tensor = self.experts(x, chosen, weights)
-        return out
+        return all_reduce(out, self.parallel)  # the ranks' partial sums, one all-reduce after the MLP
 
 
 class MixtralForCausalLM(MistralForCausalLM):
@@ -93,7 +100,7 @@ class MixtralForCausalLM(MistralForCausalLM):
 
     def build_mlp(self, shape: DecoderShape, layer: int, dtype: torch.dtype) -> nn.Module:
         """A sparse mixture of experts."""
-        return SparseMoeBlock(shape, dtype)
+        return SparseMoeBlock(shape, dtype, self.parallel)
 
     def weight_target(self, name: str) -> WeightTarget | None:
         """Per-expert ``w1``/``w3`` fill halves of ``gate_up_proj``, ``w2`` a row of ``down_proj``."""
@@ -103,7 +110,7 @@ class MixtralForCausalLM(MistralForCausalLM):
             if expert >= self.shape.num_experts:
                 return None
             prefix = f"model.layers.{layer}.mlp.experts."
-            i = self.shape.intermediate_size
+            i = self.shape.intermediate_size // self.parallel.world_size  # this rank's rows
             if which == "w2":
                 return WeightTarget(prefix + "down_proj", (expert,), (expert, which))
             rows = slice(0, i) if which == "w1" else slice(i, 2 * i)
@@ -112,6 +119,14 @@ class MixtralForCausalLM(MistralForCausalLM):
         if match:
             return WeightTarget(f"model.layers.{match[1]}.mlp.gate.weight")
         return super().weight_target(name)
+
+    def weight_shard(self, name: str, target: WeightTarget) -> tuple[int, bool] | None:
+        """Experts split along the intermediate width: ``w1``/``w3`` rows, ``w2`` columns; the fused forms alike."""
+        if target.parameter.endswith(".mlp.experts.gate_up_proj"):
+            return (0, False) if target.index is not None else (1, True)  # w1/w3 [I, H]; fused [E, 2I, H]
+        if target.parameter.endswith(".mlp.experts.down_proj"):
+            return (1, False) if target.index is not None else (2, False)  # w2 [H, I]; fused [E, H, I]
+        return super().weight_shard(name, target)
 
     def weight_pieces(self, parameter: str) -> frozenset[Any]:
         """A fused expert tensor is whole when every expert's pieces are in."""

@@ -158,7 +158,8 @@ def modelport_iter_weights(weights: WeightFiles, hf_config: Any, options: LoadOp
     if weights.load_format == "dummy":
         return iter(())
     if weights.load_format == "safetensors":
-        return hf_weights.iter_safetensors(weights)
+        # A tensor-parallel rank reads only its slice of each tensor (the model asks for it).
+        return hf_weights.iter_safetensors(weights, slices=options.tensor_parallel_size > 1)
     if weights.load_format == "pt":
         return hf_weights.iter_pt(weights)
     return None

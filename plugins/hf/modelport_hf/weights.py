@@ -85,23 +85,28 @@ def select_files(source: Source, load_format: str) -> Decision[WeightFiles]:
     )
 
 
-def iter_safetensors(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
+def iter_safetensors(weights: WeightFiles, *, slices: bool = False) -> Iterator[tuple[str, Any]]:
     """Yield every tensor of every file, one at a time, as views of the memory-mapped file.
 
     No tensor is copied here: each is read from the file when first touched
     (by the model's copy, or by its first use when the model adopts it).
     Each file is announced to the kernel first (see :func:`prefetch`).
+
+    ``slices``: yield lazy slices (``safe_open(...).get_slice``) instead of tensors, for a
+    tensor-parallel rank that reads only its part of each (``slice[rows, :]``; ``get_shape()``
+    without reading). A slice must be read before the next item is asked for.
     """
     from safetensors import SafetensorError, safe_open
 
     for name in weights.files:
         path = weights.source.fetch(name)
         note_weight_file(path)  # errors about its tensors name it
-        prefetch(path)
+        if not slices:  # a rank reading slices would have the kernel read the whole file
+            prefetch(path)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
-                    yield key, handle.get_tensor(key)
+                    yield key, handle.get_slice(key) if slices else handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightsCorruptError(str(path), f"cannot read safetensors ({exc})") from exc
 

@@ -1,0 +1,272 @@
+"""The driver's side of a tensor-parallel model: start the ranks, load rank 0's shard, drive every step.
+
+:func:`load_sharded` is what ``modelport.LLM(..., tensor_parallel_size=N)`` calls
+instead of ``modelport.load``. It returns the :class:`~modelport.pipeline.LoadedModel`
+of rank 0 whose ``model`` is a :class:`ShardedModel`: a proxy that keeps the model
+protocol (``new_kv_cache``, ``forward``), so that an executor (core's CPU executor
+included) drives it unchanged. Each call broadcasts the step to the workers, runs
+rank 0's shard (whose collectives meet the workers') and returns rank 0's logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+import weakref
+from datetime import timedelta
+from typing import Any
+
+from modelport.distributed.group import JOINED_KEY, collective_timeout, gather, make_groups, rank_report, send
+from modelport.distributed.launcher import WorkerJob, WorkerLauncher
+from modelport.distributed.state import ParallelState, parallel_state
+from modelport.errors import ExecutorError, InvalidOptionError
+from modelport.options import LoadOptions
+from modelport.pipeline import LoadedModel, load, resolve
+from modelport.plugins import PluginHost
+
+#: Seconds the driver waits for every worker to reach its store (spawning and importing torch included).
+JOIN_TIMEOUT_S = 300.0
+#: Seconds :meth:`ShardedModel.close` gives the workers to exit before they are killed.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def launcher_for(host: PluginHost, name: str) -> WorkerLauncher:
+    """A new launcher of the registered distributed backend ``name``."""
+    entry = host.registry.lookup("distributed_backend", name)
+    if entry is None or entry.target is None:
+        raise InvalidOptionError("distributed_executor_backend", name, host.registry.names("distributed_backend"))
+    launcher: WorkerLauncher = host.registry.load(entry.target)()
+    return launcher
+
+
+def load_sharded(reference: str, host: PluginHost, options: dict[str, Any]) -> LoadedModel:
+    """Start ranks 1..N-1 through the chosen backend, load rank 0's shard here; the model is a :class:`ShardedModel`.
+
+    Everything that can be refused without a process (options, the backend's name, an
+    architecture without tensor-parallel support, sizes that do not divide) is refused first.
+    """
+    from torch._C._distributed_c10d import TCPStore
+
+    opts = LoadOptions.from_kwargs(**options)
+    world_size = opts.tensor_parallel_size
+    resolved = resolve(reference, host=host, **options)  # options, backend name, the architecture
+    from modelport.distributed.checks import check_tensor_parallel
+
+    check_tensor_parallel(
+        host.registry.load(resolved.architecture.target),
+        resolved.hf_config,
+        world_size,
+        location=resolved.source.location,
+        architecture=resolved.architecture.name,
+    )
+    launcher = launcher_for(host, opts.distributed_executor_backend or "mp")
+    backend = "nccl" if resolved.options.device.startswith("cuda") else "gloo"
+    timeout_s = collective_timeout()
+    address = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.get("MASTER_PORT", "0") or 0)
+    store = TCPStore(address, port, world_size, True, timedelta(seconds=JOIN_TIMEOUT_S), wait_for_workers=False)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("GLOO_", "NCCL_", "MODELPORT_"))}
+    job = WorkerJob(
+        reference=reference,
+        options=dict(options),
+        backend=backend,
+        init_method=f"tcp://{address}:{store.port}",
+        world_size=world_size,
+        timeout_s=timeout_s,
+        env=env,
+    )
+    closer = _Closer(launcher)
+    try:
+        launcher.start(job)
+        _wait_for_workers(store, launcher, world_size)
+        compute, commands = make_groups(store, 0, world_size, backend, timeout_s)
+        closer.commands = commands
+        state = ParallelState(0, world_size, compute)
+        with parallel_state(state):
+            loaded = load(reference, host=host, **options)
+        reports = gather(commands, world_size, rank_report(0, loaded.model, None))
+    except BaseException:
+        closer(stop=False)
+        raise
+    failed = [r for r in reports if r["error"]]
+    if failed:
+        closer(stop=False)
+        raise ExecutorError(
+            "tensor-parallel worker(s) could not load their shard: "
+            + "; ".join(f"rank {r['rank']}: {r['error']}" for r in failed)
+        )
+    proxy = ShardedModel(loaded.model, launcher, state, commands, store, closer, reports)
+    return dataclasses.replace(loaded, model=proxy)
+
+
+def _wait_for_workers(store: Any, launcher: WorkerLauncher, world_size: int) -> None:
+    """Wait until ranks 1..N-1 have reached the store, failing at once when one dies first."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while store.add(JOINED_KEY, 0) < world_size - 1:
+        dead = launcher.dead()
+        if dead:
+            raise ExecutorError("tensor-parallel worker(s) died while starting: " + "; ".join(dead))
+        if time.monotonic() > deadline:
+            raise ExecutorError(f"tensor-parallel workers did not start within {JOIN_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+
+
+class _Closer:
+    """Stops the workers once (the :class:`ShardedModel`'s finaliser: it holds no reference to the model)."""
+
+    def __init__(self, launcher: WorkerLauncher) -> None:
+        self.launcher = launcher
+        self.commands: Any = None
+        self.closed = False
+
+    def __call__(self, stop: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if stop and self.commands is not None:
+            with contextlib.suppress(Exception):  # a worker already gone: the launcher cleans up
+                send(self.commands, {"op": "stop"})
+        self.launcher.shutdown(SHUTDOWN_TIMEOUT_S)
+        self.commands = None
+
+
+class ShardedModel:
+    """Rank 0's shard, driving the other ranks: the model an executor sees under tensor parallelism.
+
+    Keeps the model protocol (``new_kv_cache``, ``forward``). Before each call it checks
+    that every worker still runs; a dead worker, or a collective that fails (gloo's
+    connection errors, the collective timeout), fails the call with
+    :class:`~modelport.errors.ExecutorError` naming the worker, and every later call
+    fails the same way at once. :meth:`close` (also run when the proxy is garbage
+    collected and at interpreter exit) stops the workers.
+
+    Attributes:
+        model: rank 0's shard.
+        launcher: the backend's launcher that started the other ranks.
+        parallel: rank 0's parallel state.
+        reports: what each rank reported after loading (``rank``, ``pid``, ``parameter_bytes``,
+            ``peak_rss_bytes``, ``cuda_peak_bytes`` on CUDA).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        launcher: WorkerLauncher,
+        parallel: ParallelState,
+        commands: Any,
+        store: Any,
+        closer: _Closer,
+        reports: list[dict[str, Any]],
+    ) -> None:
+        self.model = model
+        self.launcher = launcher
+        self.parallel = parallel
+        self.reports = reports
+        self._commands = commands
+        self._store = store  # the rendezvous store lives as long as the group
+        self._closer = closer
+        self._failure: str | None = None
+        self._finalizer = weakref.finalize(self, closer)
+        # Each rank holds its own part of every KV cache: rank 0's cache object names the workers' one.
+        self._cache_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next_cache = 0
+        self._dropped: list[int] = []  # caches rank 0 let go of: the workers free theirs with the next message
+
+    # --- the model protocol -------------------------------------------------------
+
+    @property
+    def device(self) -> Any:
+        """Rank 0's device."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> Any:
+        """The model's dtype."""
+        return self.model.dtype
+
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> Any:
+        """Every rank allocates its part of a new cache (its kv heads); rank 0's is returned and names it."""
+        cache_id, self._next_cache = self._next_cache, self._next_cache + 1
+        self._send({"op": "kv_cache", "cache": cache_id, "num_blocks": num_blocks, "block_size": block_size})
+        cache = self._collective(lambda: self.model.new_kv_cache(num_blocks, block_size))
+        self._cache_ids[cache] = cache_id
+        weakref.finalize(cache, self._dropped.append, cache_id)
+        return cache
+
+    def forward(self, batch: Any, kv_cache: Any) -> Any:
+        """Run one step on every rank; rank 0's logits."""
+        cache_id = self._cache_ids.get(kv_cache)
+        if cache_id is None:
+            raise ExecutorError("forward() of a tensor-parallel model needs a cache made by its new_kv_cache()")
+        self._send(
+            {
+                "op": "forward",
+                "cache": cache_id,
+                "token_ids": batch.token_ids.tolist(),
+                "positions": batch.positions.tolist(),
+                "query_lens": [int(n) for n in batch.query_lens],
+                "context_lens": [int(n) for n in batch.context_lens],
+                "block_tables": [[int(b) for b in table] for table in batch.block_tables],
+                "all_logits": bool(batch.all_logits),
+            }
+        )
+        return self._collective(lambda: self.model.forward(batch, kv_cache))
+
+    def rank_reports(self) -> list[dict[str, Any]]:
+        """Every rank's report now (``parameter_bytes``, ``peak_rss_bytes``...), in rank order."""
+        self._send({"op": "report"})
+        reports: list[dict[str, Any]] = self._collective(
+            lambda: gather(self._commands, self.parallel.world_size, rank_report(0, self.model, None))
+        )
+        return reports
+
+    # --- lifetime -------------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        """The process id of every other rank, as the ranks reported them."""
+        return [int(r["pid"]) for r in self.reports if r["rank"] != 0]
+
+    @property
+    def closed(self) -> bool:
+        """Whether the workers were stopped."""
+        return self._closer.closed
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        self._finalizer()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise ExecutorError(self._failure)
+        if self._closer.closed:
+            raise ExecutorError("the tensor-parallel model was closed")
+        dead = self.launcher.dead()
+        if dead:
+            self._fail("tensor-parallel worker(s) died: " + "; ".join(dead))
+
+    def _fail(self, reason: str) -> None:
+        self._failure = reason
+        self._closer(stop=False)
+        raise ExecutorError(reason)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._check()
+        if self._dropped:
+            message["drop"], self._dropped[:] = list(self._dropped), []
+        self._collective(lambda: send(self._commands, message))
+
+    def _collective(self, work: Any) -> Any:
+        try:
+            return work()
+        except RuntimeError as exc:  # gloo/NCCL: a peer closed its connection, or the timeout passed
+            deadline = time.monotonic() + 2.0
+            dead = self.launcher.dead()
+            while not dead and time.monotonic() < deadline:  # a killed worker may take a moment to be reaped
+                time.sleep(0.05)
+                dead = self.launcher.dead()
+            if dead:
+                self._fail("tensor-parallel worker(s) died: " + "; ".join(dead))
+            self._fail(f"tensor-parallel step failed: a collective failed: {exc}")
+            raise  # unreachable: _fail raises

@@ -1,0 +1,72 @@
+"""A tensor-parallel model's worker processes: a dead worker fails the requests fast; nothing outlives the driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face folders")
+pytest.importorskip("torch")
+
+from tp_harness import alive, wait_gone, write_tp_model
+
+from modelport import LLM, SamplingParams
+from modelport.errors import ExecutorError
+
+
+def test_a_worker_killed_mid_generation_fails_the_pending_requests_within_seconds(tmp_path, one_thread_each):
+    folder = write_tp_model(tmp_path / "m", "llama")
+    llm = LLM(str(folder), dtype="float32", skip_tokenizer_init=True, tensor_parallel_size=2)
+    [pid] = llm.loaded.model.worker_pids()
+    executor = llm.executor
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+    for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
+        executor.add_request(prompt, params)
+    executor.step()  # the prefill ran on both ranks
+    executor.step()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(ExecutorError) as info:
+        while executor.has_unfinished():
+            executor.step()
+    assert time.monotonic() - killed < 10.0
+    assert f"pid {pid}" in str(info.value) and "killed by signal 9" in str(info.value)
+    # Every later call fails at once, naming the same cause; nothing hangs.
+    started = time.monotonic()
+    with pytest.raises(ExecutorError, match="killed by signal 9"):
+        llm.generate([[1, 2, 3]], params)
+    assert time.monotonic() - started < 2.0
+    assert wait_gone([pid]) == []
+    llm.close()
+
+
+_EXITING_DRIVER = """
+import json, sys
+from modelport import LLM, SamplingParams
+llm = LLM(sys.argv[1], dtype="float32", skip_tokenizer_init=True, tensor_parallel_size=2)
+out = llm.generate([[5, 6, 7]], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+print(json.dumps({"pids": llm.loaded.model.worker_pids(), "tokens": out[0].outputs[0].token_ids}), flush=True)
+# no close(): the interpreter exits with the model alive
+"""
+
+
+def test_interpreter_exit_without_close_leaves_no_worker_behind(tmp_path):
+    """Also a script without an ``if __name__ == "__main__":`` guard: the workers never import it."""
+    folder = write_tp_model(tmp_path / "m", "qwen2")
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(_EXITING_DRIVER))
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder)], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["tokens"]) == 4
+    assert report["pids"] and wait_gone(report["pids"], 10.0) == []
+    assert not any(alive(pid) for pid in report["pids"])

@@ -1,0 +1,78 @@
+"""Shared helpers of the tensor-parallel tests: tiny models, a paged step driver, process checks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+#: The tiny models: each exercises a part of the sharding.
+TP_MODELS: dict[str, dict[str, Any]] = {
+    # attention_bias and mlp_bias: the row-parallel o_proj and down_proj add their bias once, after the all-reduce.
+    "llama": {"attention_bias": True, "mlp_bias": True},
+    # Qwen2: q, k and v biases (column-parallel), and the LM head tied to the vocabulary-parallel embedding.
+    "qwen2": {"tie_word_embeddings": True},
+    # Mixtral: every expert sliced along its intermediate width, legacy per-expert checkpoint names.
+    "mixtral": {},
+}
+
+
+def write_tp_model(folder: Path, arch: str) -> Path:
+    """A tiny float32 model of ``arch`` (4 heads, 2 kv heads, vocabulary 384) written by the testing kit."""
+    from modelport.testing import make_tiny_model
+
+    return make_tiny_model(folder, arch, tokenizer=False, seed=3, **TP_MODELS[arch])
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
+    """The pids still alive after waiting up to ``seconds`` for them to end."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(alive(pid) for pid in pids):
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
+class PagedSteps:
+    """Drives a model (or a tensor-parallel proxy) one SequenceBatch at a time over its own paged cache."""
+
+    def __init__(self, model: Any, num_blocks: int = 32, block_size: int = 4) -> None:
+        self.model, self.block_size = model, block_size
+        self.cache = model.new_kv_cache(num_blocks, block_size)
+        self.free = list(range(num_blocks))[::-1]
+        self.tables: dict[int, list[int]] = {}
+        self.lengths: dict[int, int] = {}
+
+    def step(self, work: dict[int, list[int]], *, all_logits: bool = False) -> Any:
+        """One forward: ``work`` maps a sequence id to its new tokens."""
+        import torch
+
+        from modelport.models.protocol import SequenceBatch
+
+        ids, positions, query_lens, context_lens, tables = [], [], [], [], []
+        for seq, tokens in work.items():
+            start = self.lengths.get(seq, 0)
+            table = self.tables.setdefault(seq, [])
+            while len(table) * self.block_size < start + len(tokens):
+                table.append(self.free.pop())
+            ids += tokens
+            positions += range(start, start + len(tokens))
+            query_lens.append(len(tokens))
+            context_lens.append(start)
+            tables.append(list(table))
+            self.lengths[seq] = start + len(tokens)
+        batch = SequenceBatch(
+            torch.tensor(ids), torch.tensor(positions), query_lens, context_lens, tables, all_logits=all_logits
+        )
+        with torch.inference_mode():
+            return self.model.forward(batch, self.cache)
