@@ -183,7 +183,10 @@ class DecoderModel(nn.Module):
 
     def __init__(self, shape: DecoderShape, layers: list[DecoderLayer], dtype: torch.dtype) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size, dtype=dtype)
+        # Given its (uninitialised) weight: nn.Embedding's own normal_ initialisation is wasted on values a load
+        # replaces, and on the meta device it runs through torch._refs, which imports torch._dynamo (1-2 s).
+        weight = torch.empty(shape.vocab_size, shape.hidden_size, dtype=dtype)
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(layers)
         self.norm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, dtype)
 

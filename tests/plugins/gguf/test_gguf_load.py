@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -225,3 +228,27 @@ def test_another_plugin_registers_a_gguf_architecture_table(kit_gguf, tmp_path):
         assert "architecture 'acme' through the 'acme' table registered by acme-tables" in config_step.reason
         assert loaded.resolved.hf_config.hidden_size == 64
         assert torch.equal(native_logits(loaded.model, TOKENS), native_logits(_load(source).model, TOKENS))
+
+
+def test_a_load_imports_no_compiler_machinery(kit_gguf):
+    """The native model is built on the meta device without running nn.Embedding's initialiser there.
+
+    torch's meta ``normal_`` goes through ``torch._refs``, which imports ``torch._dynamo``: 1-2 s of a whole
+    process, for values the load replaces anyway. A fresh interpreter, since this one may have imported it.
+    """
+    code = (
+        "import json, sys, modelport\n"
+        "llm = modelport.load(sys.argv[1], dtype='float32', skip_tokenizer_init=True)\n"
+        "assert llm.weights.missing == () and not llm.model.model.embed_tokens.weight.is_meta\n"
+        "print(json.dumps(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules)))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "MODELPORT_PLUGINS": "modelport-hf,modelport-gguf",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(kit_gguf("Q8_0"))], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
