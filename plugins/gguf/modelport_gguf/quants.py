@@ -39,8 +39,16 @@ def _const(name: str, values: list[int], shape: tuple[int, ...], dtype: torch.dt
 
 
 def _f16(raw: torch.Tensor) -> torch.Tensor:
-    """Two bytes per row -> float32 column ``[n, 1]``."""
-    return raw.contiguous().view(torch.float16).to(torch.float32)
+    """Two bytes per row -> float32 column ``[n, 1]``.
+
+    The bytes are reinterpreted where they lie (every block size and scale offset is even), copied first only
+    where the view is refused (an odd start).
+    """
+    try:
+        half = raw.view(torch.float16)
+    except RuntimeError:
+        half = raw.contiguous().view(torch.float16)
+    return half.to(torch.float32)
 
 
 def _nibbles(qs: torch.Tensor, n: int, groups: int, width: int) -> torch.Tensor:
@@ -57,7 +65,9 @@ def _bits(qh: torch.Tensor, n: int) -> torch.Tensor:
 def _write_nibbles(qs: torch.Tensor, y: torch.Tensor, n: int, groups: int, width: int) -> None:
     """Low nibbles of each ``width``-byte group into the first half of its outputs, high nibbles into the second.
 
-    Each half is converted straight into ``y`` (no broadcast intermediate).
+    Each half is converted straight into ``y`` (no broadcast intermediate). The conversion and the scaling stay
+    two operations: torch vectorises a conversion and a same-dtype product, but not a product of mixed dtypes
+    (5x slower here).
     """
     grouped = qs.reshape(n, groups, width)
     halves = y.view(n, groups, 2, width)

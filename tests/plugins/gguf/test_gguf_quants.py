@@ -91,3 +91,14 @@ def test_dequantisation_into_an_existing_tensor_fills_it_in_place():
     returned = dequantize(raw, "Q8_0", (40, 32), torch.bfloat16, out=target)
     assert returned.data_ptr() == target.data_ptr()
     assert torch.equal(target, dequantize(raw, "Q8_0", (40, 32), torch.float32).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K"])
+def test_blocks_at_an_odd_address_dequantise_alike(type_name):
+    """Scales are read in place where the bytes allow it, and through a copy where they start at an odd byte."""
+    raw = random_blocks(type_name, 20, 7).reshape(-1)
+    shifted = torch.from_numpy(np.concatenate([np.zeros(1, np.uint8), raw]))[1:]
+    assert shifted.storage_offset() == 1
+    block = 32 if type_name == "Q8_0" else 256
+    want = dequantize(torch.from_numpy(raw), type_name, (20 * block,), torch.float32)
+    assert torch.equal(dequantize(shifted, type_name, (20 * block,), torch.float32), want)
