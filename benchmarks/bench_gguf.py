@@ -1,6 +1,6 @@
 """Load GGUF files (Q8_0 and Q4_K): modelport against transformers' ``from_pretrained(gguf_file=...)``.
 
-    python benchmarks/bench_gguf.py [--repeats 3] [--cache-dir DIR] [--quick] [--threads N]
+    python benchmarks/bench_gguf.py [--repeats 3] [--cache-dir DIR] [--quick] [--threads N] [--no-bytecode-cache]
 
 transformers' GGUF loading needs ``accelerate`` (``pip install accelerate``).
 
@@ -23,6 +23,16 @@ For each file and each approach, a child process is timed:
   cache): the load call until ready.
 - peak RSS over the child's RSS after its imports, against the bytes of the
   dequantised weights (the model's parameters, float32 on both sides).
+
+Python bytecode: an installed package has its ``.pyc`` files (pip compiles
+them), but an environment with ``PYTHONDONTWRITEBYTECODE=1`` and none written
+compiles every module from source in every process, which then dominates a
+whole process (torch, transformers and sympy are large). So by default the
+children read and write their bytecode under ``CACHE_DIR/pycache``
+(``PYTHONPYCACHEPREFIX``, writing allowed; the installed packages are not
+touched), and one untimed run of each approach fills it first: both
+approaches get what an installation has. ``--no-bytecode-cache`` leaves the
+environment as inherited (from source, where nothing is cached).
 
 Approaches: ``transformers``:
 ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)``;
@@ -156,9 +166,12 @@ def child(approach: str, path: Path, threads: int) -> dict[str, Any]:
 # --- the parent -------------------------------------------------------------------------
 
 
-def _run_child(approach: str, path: Path, threads: int) -> dict[str, Any]:
+def _run_child(approach: str, path: Path, threads: int, pycache: Path | None) -> dict[str, Any]:
     env = {**os.environ, "MODELPORT_PLUGINS": "modelport-hf,modelport-gguf", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MODELPORT_DISABLE_PLUGINS", None)
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", approach, str(path), "--threads", str(threads)],
@@ -229,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads in every measurement (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="children use the inherited bytecode settings (no cache of their own, no untimed first runs)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("APPROACH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -237,17 +255,26 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else args.repeats
     started = time.perf_counter()
     files = gguf_files(args.cache_dir, args.quick)
+    pycache = None if args.no_bytecode_cache else args.cache_dir / "pycache"
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(
         f"python {sys.version.split()[0]}; {repeats} run(s) per approach, medians; "
         f"torch threads {args.threads or 'default'}"
     )
+    if pycache is None:
+        inherited = "no .pyc written" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "Python's default"
+        print(f"bytecode: as inherited ({inherited}; PYTHONPYCACHEPREFIX={os.environ.get('PYTHONPYCACHEPREFIX')})")
+    else:
+        print(f"bytecode: cached under {pycache}, filled by one untimed run of each approach")
+        first = next(iter(files.values()))
+        for approach in APPROACHES:
+            _run_child(approach, first, args.threads, pycache)
     for ggml_type, path in files.items():
         runs: dict[str, list[dict[str, Any]]] = {a: [] for a in APPROACHES}
         for _ in range(repeats):
             for approach in APPROACHES:
                 _warm_file(path)
-                runs[approach].append(_run_child(approach, path, args.threads))
+                runs[approach].append(_run_child(approach, path, args.threads, pycache))
         weights_mib = runs["modelport"][0]["weights"] / 2**20
         print(
             f"\n{ggml_type}: {path.name} ({path.stat().st_size / 2**20:.0f} MiB), float32 weights {weights_mib:.0f} MiB"
@@ -280,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({fresh / theirs:.2f}x numpy), {into:.2f} GB/s into an existing one ({into / theirs:.2f}x); "
             f"gguf-py numpy {theirs:.2f} GB/s   (target >= 2.4 GB/s on a quiet machine)"
         )
-    print(f"total {time.perf_counter() - started:.0f} s")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"total {time.perf_counter() - started:.0f} s; load average now {load}")
     return 0
 
 
