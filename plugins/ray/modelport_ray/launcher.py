@@ -13,7 +13,7 @@ through Ray. Ray only finds the machines, starts the processes and watches them:
   that used it);
 - placement: one placement group per model with one bundle per rank (``{"CPU": 1}``
   with gloo, ``{"GPU": 1}`` with NCCL, vLLM's layout), bundle 0 pinned to the
-  driver's node because rank 0 runs there; ``STRICT_PACK`` (every rank on the
+  driver's node (by its ``ray.io/node-id`` label) because rank 0 runs there; ``STRICT_PACK`` (every rank on the
   driver's node) when the cluster has one node, ``PACK`` when it has more, or the
   strategy ``MODELPORT_RAY_PLACEMENT_STRATEGY`` names;
 - the rendezvous: when the cluster has more than one node, a loopback host in the
@@ -26,6 +26,7 @@ Ray is imported inside functions only, so loading the plugin stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -47,6 +48,8 @@ TIMEOUT_VARIABLE = "MODELPORT_RAY_PLACEMENT_TIMEOUT"
 DEFAULT_PLACEMENT_TIMEOUT = 120.0
 #: Seconds :meth:`RayLauncher.shutdown` lets running ranks return by themselves before it kills their actors.
 STOP_GRACE = 2.0
+#: The label Ray puts on every node: its node id (pins rank 0's bundle to the driver's node).
+NODE_ID_LABEL = "ray.io/node-id"
 #: Names of the worker actors: ``modelport-rank1-<launcher id>`` and so on.
 ACTOR_PREFIX = "modelport-rank"
 #: Name of the placement groups: ``modelport-tp-<launcher id>``.
@@ -269,9 +272,16 @@ class RayLauncher:
         device = "GPU" if job.backend == "nccl" else "CPU"
         self.strategy = placement_strategy(len(nodes), self._strategy)
         bundles: list[dict[str, float]] = [{device: 1.0} for _ in range(job.world_size)]
-        # Rank 0 is this process: its bundle must be on this node (a sliver of the node's own resource pins it).
-        bundles[0][f"node:{driver_ip}"] = 0.001
-        self._group = placement_group(bundles, strategy=self.strategy, name=self.group_name)
+        # Rank 0 is this process: its bundle must be on this node. Ray's node-id label says which node exactly
+        # (several nodes may share an address); Rays without bundle label selectors get a sliver of the node's
+        # own address resource instead, as vLLM does.
+        pinned: dict[str, Any] = {}
+        labels = next((node.get("Labels") or {} for node in nodes if node["NodeID"] == driver_node), {})
+        if NODE_ID_LABEL in labels and "bundle_label_selector" in inspect.signature(placement_group).parameters:
+            pinned["bundle_label_selector"] = [{NODE_ID_LABEL: driver_node}] + [{} for _ in bundles[1:]]
+        else:
+            bundles[0][f"node:{driver_ip}"] = 0.001
+        self._group = placement_group(bundles, strategy=self.strategy, name=self.group_name, **pinned)
         ready, _ = ray.wait([self._group.ready()], timeout=timeout)
         if not ready:
             raise ExecutorError(
