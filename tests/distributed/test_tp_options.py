@@ -65,3 +65,139 @@ def test_a_plugin_registers_a_backend_and_an_unknown_name_is_rejected_listing_th
     assert "mp" in message and "slurm" in message
     resolved = resolve(str(model), host=host, distributed_executor_backend="slurm", skip_tokenizer_init=True)
     assert resolved.options.distributed_executor_backend == "slurm"
+
+
+# --- models that cannot be sharded: typed errors before any process starts -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    pytest.importorskip("modelport_hf", reason="the model is a Hugging Face folder")
+    return make_tiny_model(tmp_path_factory.mktemp("llama"), tokenizer=False)  # 4 heads, 2 kv heads, vocab 384
+
+
+def _children() -> set[int]:
+    import os
+    from pathlib import Path
+
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("size", "overrides", "field", "value"),
+    [
+        (3, {}, "num_attention_heads", 4),
+        (4, {}, "num_key_value_heads", 2),
+        (2, {"vocab_size": 385}, "vocab_size", 385),
+        (2, {"intermediate_size": 129}, "intermediate_size", 129),
+    ],
+)
+def test_a_size_that_does_not_divide_is_refused_naming_the_field_before_any_process_starts(
+    tiny_llama, size, overrides, field, value
+):
+    from modelport import LLM
+    from modelport.errors import InvalidConfigError
+
+    before = _children()
+    with pytest.raises(InvalidConfigError) as info:
+        LLM(str(tiny_llama), skip_tokenizer_init=True, tensor_parallel_size=size, hf_overrides=overrides)
+    assert (info.value.field, info.value.value) == (field, value)
+    assert f"tensor_parallel_size={size}" in str(info.value) and str(tiny_llama) in str(info.value)
+    assert _children() <= before  # no worker was started
+
+
+def test_the_transformers_backend_is_refused_naming_tensor_parallel_size(tiny_llama):
+    pytest.importorskip("modelport_transformers", reason="the Transformers backend is a plugin")
+    from modelport import LLM
+
+    with pytest.raises(InvalidOptionError) as info:
+        LLM(str(tiny_llama), skip_tokenizer_init=True, tensor_parallel_size=2, model_impl="transformers")
+    assert info.value.option == "tensor_parallel_size" and info.value.value == 2
+    assert "no tensor-parallel support" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["modelport.models.chatglm:ChatGLMForCausalLM", "modelport.models.internlm2:InternLM2ForCausalLM"],
+)
+def test_native_classes_without_tensor_parallel_support_are_refused(target):
+    from modelport.distributed.checks import check_tensor_parallel
+    from modelport.registry import import_target
+
+    cls = import_target(target)
+    with pytest.raises(InvalidOptionError) as info:
+        check_tensor_parallel(cls, object(), 2, location="m", architecture="X")
+    assert info.value.option == "tensor_parallel_size" and cls.__qualname__ in str(info.value)
+    check_tensor_parallel(cls, object(), 1, location="m", architecture="X")  # one rank: anything runs
+
+
+def test_load_builds_a_shard_only_inside_a_group_of_that_size(tiny_llama):
+    from modelport import load
+
+    with pytest.raises(InvalidOptionError) as info:
+        load(str(tiny_llama), skip_tokenizer_init=True, tensor_parallel_size=2)
+    assert info.value.option == "tensor_parallel_size" and "modelport.LLM starts the group" in str(info.value)
+
+
+# --- reading a rank's slices ----------------------------------------------------------------------
+
+
+def test_modelport_hf_yields_lazy_slices_only_for_a_tensor_parallel_load(tiny_llama):
+    import torch
+
+    from modelport import resolve
+    from modelport.plugins import get_host
+
+    read = {}
+    for size in (1, 2):
+        resolved = resolve(str(tiny_llama), skip_tokenizer_init=True, tensor_parallel_size=size)
+        answer = get_host().call_first(
+            "modelport_iter_weights",
+            weights=resolved.weight_files,
+            hf_config=resolved.hf_config,
+            options=resolved.options,
+            config_format=resolved.config_format,
+        )
+        read[size] = dict(answer.value)  # {name: tensor or slice}
+    assert set(read[1]) == set(read[2])
+    name = "model.embed_tokens.weight"
+    whole, lazy = read[1][name], read[2][name]
+    assert isinstance(whole, torch.Tensor) and not isinstance(lazy, torch.Tensor)
+    assert lazy.get_shape() == list(whole.shape)  # known without reading
+    assert torch.equal(lazy[192:384, :], whole[192:]) and lazy[192:384, :].shape == (192, 64)  # rank 1's rows only
+
+
+def test_read_shard_takes_the_same_rows_from_a_slice_and_from_a_tensor(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from modelport.distributed.layers import read_shard
+    from modelport.distributed.state import ParallelState
+    from modelport.errors import WeightsCorruptError
+
+    full = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
+    save_file({"w": full}, tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as handle:
+        for rank in (0, 1):
+            state = ParallelState(rank, 2)
+            rows = read_shard("w", handle.get_slice("w"), 0, 4, state)
+            assert torch.equal(rows, full[rank * 4 : rank * 4 + 4]) and torch.equal(
+                rows, read_shard("w", full, 0, 4, state)
+            )
+            cols = read_shard("w", handle.get_slice("w"), 1, 3, state)
+            assert torch.equal(cols, full[:, rank * 3 : rank * 3 + 3])
+            halves = read_shard("w", handle.get_slice("w"), 0, 2, state, halves=True)  # gate rows 0-3, up rows 4-7
+            expected = torch.cat([full[rank * 2 : rank * 2 + 2], full[4 + rank * 2 : 4 + rank * 2 + 2]])
+            assert torch.equal(halves, expected)
+        with pytest.raises(WeightsCorruptError, match=r"'w' of shape \[8, 6\] cannot be split"):
+            read_shard("w", handle.get_slice("w"), 0, 3, ParallelState(0, 2))

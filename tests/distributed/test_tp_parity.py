@@ -45,6 +45,10 @@ def test_the_sharded_model_is_the_native_class_split_in_two(pair):
     assert [r["rank"] for r in proxy.reports] == [0, 1]
     assert all(r["error"] is None for r in proxy.reports)
     assert pair["sharded"].loaded.weights.missing == () and pair["sharded"].loaded.weights.unexpected == ()
+    # The KV cache is split by kv heads: rank 0's holds one of the two, in as many blocks (kv_cache_memory per rank).
+    single_cache, sharded_cache = pair["single"].executor.kv_cache, pair["sharded"].executor.kv_cache
+    assert (single_cache.num_kv_heads, sharded_cache.num_kv_heads) == (2, 1)
+    assert sharded_cache.num_blocks == single_cache.num_blocks
 
 
 def test_float32_logits_match_the_single_process_model_within_1e_5(pair):

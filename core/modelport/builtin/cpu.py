@@ -34,6 +34,8 @@ def executor_arguments(loaded: Any) -> dict[str, Any]:
     if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
         eos_ids.add(int(tokenizer.eos_token_id))
     per_token = 2 * (facts.num_hidden_layers or 0) * (facts.num_kv_heads or 0) * (facts.head_dim or 0)
+    # Tensor parallelism: each rank's cache holds its share of the kv heads, so kv_cache_memory is per rank.
+    per_token //= resolved.options.tensor_parallel_size
     return {
         "max_model_len": resolved.max_model_len,
         "vocab_size": facts.vocab_size or 0,
