@@ -18,3 +18,18 @@ def cuda_unavailable_reason(device: str) -> str | None:
     if index and int(index) >= count:
         return f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
     return None
+
+
+def dtype_problem(dtype: str, capability: tuple[int, int], name: str) -> str | None:
+    """Why a model in ``dtype`` cannot run on a GPU of compute ``capability`` named ``name``, or ``None``.
+
+    bfloat16 needs compute capability 8.0 (Ampere) or later, as vLLM's CUDA
+    platform states; older GPUs run float16 or float32.
+    """
+    if dtype == "bfloat16" and capability < (8, 0):
+        major, minor = capability
+        return (
+            f"bfloat16 needs a GPU of compute capability 8.0 or later; {name} has {major}.{minor}: "
+            "load with dtype='float16' (or 'float32')"
+        )
+    return None

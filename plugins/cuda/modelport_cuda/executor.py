@@ -178,7 +178,7 @@ def create_cuda_executor(device: str, model: Any, loaded: Any, settings: Executo
 
     from modelport.builtin.cpu import executor_arguments
     from modelport.errors import DeviceUnavailableError
-    from modelport_cuda.device import cuda_unavailable_reason
+    from modelport_cuda.device import cuda_unavailable_reason, dtype_problem
     from modelport_cuda.graphs import CUDAGraphs
 
     reason = cuda_unavailable_reason(device)
@@ -188,6 +188,11 @@ def create_cuda_executor(device: str, model: Any, loaded: Any, settings: Executo
     placed = _model_device(model)
     if placed is None or placed.type != "cuda" or (placed.index or 0) != (target.index or 0):
         raise ExecutorError(f"the model is on {placed}, not on {target}: load it with device={device!r}")
+    problem = dtype_problem(
+        loaded.resolved.dtype, torch.cuda.get_device_capability(target), torch.cuda.get_device_name(target)
+    )
+    if problem is not None:
+        raise ExecutorError(problem)
     arguments = executor_arguments(loaded)
     with torch.cuda.device(target):
         activations = profile_activations(model, settings, arguments["max_model_len"])

@@ -140,6 +140,17 @@ def test_auto_is_cuda_where_a_gpu_is_present():
     assert resolve_device("auto", get_host().registry)[0] == "cuda"
 
 
+def test_bfloat16_needs_a_gpu_of_compute_capability_eight():
+    from modelport_cuda.device import dtype_problem
+
+    assert dtype_problem("bfloat16", (7, 5), "Tesla T4") == (
+        "bfloat16 needs a GPU of compute capability 8.0 or later; Tesla T4 has 7.5: "
+        "load with dtype='float16' (or 'float32')"
+    )
+    assert dtype_problem("bfloat16", (9, 0), "NVIDIA H200") is None
+    assert dtype_problem("float16", (7, 0), "Tesla V100") is None
+
+
 # --- memory sizing --------------------------------------------------------------
 
 
