@@ -443,20 +443,27 @@ class CPUExecutor:
             context_lens=[r.num_computed for r, _ in scheduled],
             block_tables=[list(r.blocks) for r, _ in scheduled],
         )
-        with torch.inference_mode():
+        # Plain greedy rows (no penalty to apply first) that finish their prompt or decode get one argmax.
+        plain = [
+            row
+            for row, (request, count) in enumerate(scheduled)
+            if request.params.greedy
+            and request.params.repetition_penalty == 1.0
+            and request.num_computed + count == len(request.tokens)
+        ]
+
+        def forward_and_pick() -> tuple[torch.Tensor, list[int]]:
             logits = self.run_model(batch).float()
+            return logits, sample_greedy(logits[plain, : self.vocab_size]) if plain else []
+
+        # The argmax runs under the governor's thread count too: after the step, a parallel op with every
+        # thread waits a scheduler slice for a descheduled one on a busy machine (10 ms for a [1, 32000] row).
+        with torch.inference_mode():
+            logits, picks = self.threads.run(forward_and_pick)
         self.steps += 1
         for request, count in scheduled:
             request.num_computed += count
-        # Plain greedy rows (no penalty to apply first) are chosen in one argmax over the batch.
-        plain = [
-            row
-            for row, (request, _) in enumerate(scheduled)
-            if request.params.greedy
-            and request.params.repetition_penalty == 1.0
-            and request.num_computed == len(request.tokens)
-        ]
-        chosen = dict(zip(plain, sample_greedy(logits[plain, : self.vocab_size]), strict=True)) if plain else {}
+        chosen = dict(zip(plain, picks, strict=True))
         for row, (request, _) in enumerate(scheduled):
             if request.num_computed < len(request.tokens):
                 continue  # a prefill chunk: no token yet
@@ -470,11 +477,12 @@ class CPUExecutor:
         return reported
 
     def run_model(self, batch: SequenceBatch) -> torch.Tensor:
-        """One forward of the model over ``batch``, under the :class:`ThreadGovernor`; returns its logits.
+        """One forward of the model over ``batch``; returns its logits.
 
-        The seam an executor for another device overrides (modelport-cuda replays CUDA graphs for decode steps).
+        :meth:`step` calls it under the :class:`ThreadGovernor`. The seam an executor for another
+        device overrides (modelport-cuda replays CUDA graphs for decode steps).
         """
-        logits: torch.Tensor = self.threads.run(lambda: self.model.forward(batch, self.kv_cache))
+        logits: torch.Tensor = self.model.forward(batch, self.kv_cache)
         return logits
 
     def _append(self, request: _Request, row: torch.Tensor, token: int | None = None) -> None:
