@@ -80,6 +80,8 @@ class CUDAExecutor(CPUExecutor):
             if taken is None:  # the CPU executor's check leaves at least one sequence's blocks
                 raise ExecutorError("the KV cache has no block to spare for CUDA graph padding")
             self.pad_block = taken[0]
+        self._step_logits: torch.Tensor | None = None  # the last step's logits, on the device
+        self._host_logits: torch.Tensor | None = None  # their copy on the host, made on first need
         #: Why decode steps run eagerly (``None`` when graphs serve them).
         self.eager_reason: str | None = "enforce_eager=True" if graphs is None else graph_support(model)
         #: The graph runner, or ``None`` when every step runs eagerly.
@@ -96,18 +98,40 @@ class CUDAExecutor(CPUExecutor):
             )
 
     def run_model(self, batch: SequenceBatch) -> torch.Tensor:
-        """Replay a decode graph when one serves ``batch``, else run ``model.forward`` eagerly."""
+        """Replay a decode graph when one serves ``batch``, else run ``model.forward`` eagerly; float32 logits."""
         runner = self.graph_runner
         if runner is not None and runner.shape_for(batch) is not None:
-            return runner.run(batch)
-        logits: torch.Tensor = self.model.forward(batch, self.kv_cache)
-        return logits
+            logits = runner.run(batch)
+        else:
+            logits = self.model.forward(batch, self.kv_cache)
+        self._step_logits, self._host_logits = logits.float(), None
+        return self._step_logits
 
     def _append(self, request: Any, row: torch.Tensor, token: int | None = None) -> None:
         """As the CPU executor; a row to sample from or to take logprobs of is read on the host."""
         if row.device.type != "cpu" and (token is None or request.params.logprobs is not None):
-            row = row.cpu()
+            row = self.on_host(row)
         super()._append(request, row, token)
+
+    def on_host(self, row: torch.Tensor) -> torch.Tensor:
+        """``row`` on the host; a row of this step's logits comes from one copy of them all, made on first need.
+
+        Sampling several requests of a step then costs one transfer, not one per request.
+        """
+        step = getattr(self, "_step_logits", None)
+        if (
+            step is None
+            or row.dim() != 1
+            or step.dim() != 2
+            or not step.is_contiguous()
+            or row.untyped_storage().data_ptr() != step.untyped_storage().data_ptr()
+        ):
+            return row.cpu()
+        if self._host_logits is None:
+            self._host_logits = step.cpu()
+        offset = row.storage_offset() - step.storage_offset()
+        index, column = divmod(offset, step.stride(0))
+        return self._host_logits[index, column : column + row.numel()]
 
 
 def _model_device(model: Any) -> Any:

@@ -354,6 +354,23 @@ def test_seeded_sampling_and_logprobs_match_the_cpu_executor(llama):
         ]
 
 
+def test_rows_of_a_steps_logits_reach_the_host_through_one_copy(llama):
+    executor = CUDAExecutor(llama, None, **_arguments(llama), graphs=EagerGraphs())
+    batch = SequenceBatch(torch.tensor([3, 1, 4]), torch.tensor([0, 0, 0]), [1, 1, 1], [0, 0, 0], [[1], [2], [3]])
+    logits = executor.run_model(batch)
+    assert logits.dtype == torch.float32 and executor._host_logits is None
+    first = executor.on_host(logits[2])
+    copy = executor._host_logits
+    assert copy is not None  # on CPU tensors ``.cpu()`` is the tensor itself; the row arithmetic is what is tested
+    assert torch.equal(first, logits[2]) and torch.equal(executor.on_host(logits[0]), logits[0])
+    assert executor._host_logits is copy  # the second row came from the same copy
+    assert torch.equal(executor.on_host(logits[1, :50]), logits[1, :50])  # a row cut to the vocabulary
+    stranger = torch.randn(7)
+    assert torch.equal(executor.on_host(stranger), stranger)  # not this step's: copied alone
+    executor.run_model(batch)
+    assert executor._host_logits is None  # a new step forgets the old copy
+
+
 def test_preemption_under_a_small_cache_still_gives_the_same_tokens(llama):
     model = llama
     per_token = _arguments(model)["kv_bytes_per_token"]
