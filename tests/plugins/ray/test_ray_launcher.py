@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -171,6 +172,39 @@ def test_nccl_asks_for_one_gpu_bundle_per_rank(ray_cluster, tmp_path, monkeypatc
     with pytest.raises(ExecutorError, match=r"could not place 2 bundles of \{'GPU': 1\}.*has 0 GPU in all"):
         launcher.start(job_for(tmp_path, backend="nccl"))
     assert group_state(launcher) == "REMOVED"
+
+
+# A driver connected to the test's cluster, which starts a launcher and exits without shutting it down.
+_EXITING_DRIVER = """
+import json, sys, time
+import ray
+from modelport.distributed.launcher import WorkerJob
+from modelport_ray.launcher import RayLauncher
+
+def serve(job, rank):
+    time.sleep(300)
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+launcher = RayLauncher(target=serve)
+launcher.start(WorkerJob("unused", {}, "gloo", "tcp://127.0.0.1:29557", 2))
+print(json.dumps({"actor": launcher.actor_name(1), "group": launcher.group_name}), flush=True)
+"""
+
+
+def test_a_driver_that_exits_without_shutdown_leaves_no_actor_or_group_on_the_cluster(ray_cluster, tmp_path):
+    address = ray.get_runtime_context().gcs_address
+    done = subprocess.run(
+        [sys.executable, "-c", _EXITING_DRIVER, address], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    left = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def gone():
+        names = {entry["name"] for entry in ray.util.list_named_actors(all_namespaces=True)}
+        groups = [g["state"] for g in ray.util.placement_group_table().values() if g["name"] == left["group"]]
+        return left["actor"] not in names and groups == ["REMOVED"]
+
+    assert wait_for(gone, timeout=20)
 
 
 def test_a_launcher_starts_once(started, tmp_path):
