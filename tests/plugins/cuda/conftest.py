@@ -21,13 +21,16 @@ def tiny_native(architecture: str = "llama", seed: int = 0, dtype: str = "float3
     Built from a transformers config directly, so the tests need core and modelport-cuda only.
     """
     import torch
-    from transformers import LlamaConfig, MistralConfig
+    from transformers import LlamaConfig, MistralConfig, MixtralConfig, Qwen3Config
 
-    from modelport.models.llama import LlamaForCausalLM, MistralForCausalLM
+    from modelport.models.llama import LlamaForCausalLM, MistralForCausalLM, Qwen3ForCausalLM
+    from modelport.models.mixtral import MixtralForCausalLM
 
     config_class, model_class = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "mistral": (MistralConfig, MistralForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        "mixtral": (MixtralConfig, MixtralForCausalLM),
     }[architecture]
     fields: dict[str, Any] = {
         "vocab_size": 97,
@@ -39,6 +42,8 @@ def tiny_native(architecture: str = "llama", seed: int = 0, dtype: str = "float3
         "max_position_embeddings": 256,
         "initializer_range": 0.2,  # large enough that the random model's greedy choices are not near-ties
     }
+    if architecture == "mixtral":
+        fields.update(num_local_experts=4, num_experts_per_tok=2)
     fields.update(overrides)
     config = config_class(**fields)
     config.architectures = [model_class.__name__]

@@ -308,8 +308,8 @@ def test_a_replay_returns_the_logits_of_the_real_rows_as_model_forward_gives_the
 
 @pytest.mark.parametrize(
     ("architecture", "overrides"),
-    [("llama", {}), ("mistral", {"sliding_window": 8})],
-    ids=["llama", "mistral-sliding-window"],
+    [("llama", {}), ("mistral", {"sliding_window": 8}), ("qwen3", {"head_dim": 32})],
+    ids=["llama", "mistral-sliding-window", "qwen3-qk-norm"],
 )
 def test_graph_bookkeeping_gives_the_cpu_executors_greedy_tokens(architecture, overrides):
     model = tiny_native(architecture, **overrides)
@@ -407,6 +407,13 @@ def test_models_the_graphs_cannot_drive_decode_eagerly_and_say_why():
     assert executor.graph_runner is None
     assert executor.eager_reason == "its RoPE type depends on each sequence's length, read on the host"
     expected = CPUExecutor(dynamic, None, **_arguments(dynamic)).generate(PROMPTS[:2], GREEDY)
+    assert _tokens(executor.generate(PROMPTS[:2], GREEDY)) == _tokens(expected)
+
+    experts = tiny_native("mixtral")
+    assert graph_support(experts) == "MixtralForCausalLM routes tokens to experts on the host"
+    executor = CUDAExecutor(experts, None, **_arguments(experts), graphs=EagerGraphs())
+    assert executor.graph_runner is None
+    expected = CPUExecutor(experts, None, **_arguments(experts)).generate(PROMPTS[:2], GREEDY)
     assert _tokens(executor.generate(PROMPTS[:2], GREEDY)) == _tokens(expected)
 
     class Wrapped:  # any other model keeping the protocol (the Transformers backend, say)
