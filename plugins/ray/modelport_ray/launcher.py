@@ -129,6 +129,37 @@ def reachable_init_method(init_method: str, host: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{shown}:{parts.port}"))
 
 
+def gpu_clash(driver_device: str, visible: str | None, driver_node: str, workers: dict[int, dict[str, Any]]) -> str:
+    """Why the GPUs Ray gave the workers clash with the driver's (``""`` when they do not).
+
+    Ray reserves a GPU for rank 0 (bundle 0) but cannot know which one the driver
+    uses: its ``device`` option (``cuda:B``, through the driver's own
+    ``CUDA_VISIBLE_DEVICES``) decides. A worker actor on the driver's node given that
+    same GPU would make NCCL fail; this names it before any worker loads.
+    """
+    index_text = driver_device.partition(":")[2] or "0"
+    if not index_text.isdigit():
+        return ""
+    index = int(index_text)
+    ids = [part.strip() for part in visible.split(",") if part.strip()] if visible else None
+    if ids is not None and index >= len(ids):
+        return ""
+    physical = ids[index] if ids is not None else str(index)
+    on_this_node = {rank: info for rank, info in workers.items() if info.get("node_id") == driver_node}
+    given = {
+        rank: [str(gpu) for gpu in info.get("accelerators", {}).get("GPU", [])] for rank, info in on_this_node.items()
+    }
+    for rank, gpus in sorted(given.items()):
+        if physical in gpus:
+            taken = ", ".join(sorted({gpu for gpus in given.values() for gpu in gpus}))
+            return (
+                f"Ray gave rank {rank}'s actor GPU {physical}, the GPU the driver (rank 0, device={driver_device!r}) "
+                f"uses: NCCL cannot run two ranks on one GPU. The workers on the driver's node have GPU(s) {taken}; "
+                "give the driver another one (device='cuda:N')"
+            )
+    return ""
+
+
 class RankWorker:
     """The body of one worker actor (made a Ray actor class with ``ray.remote`` at start)."""
 
@@ -319,6 +350,11 @@ class RayLauncher:
         self.workers = dict(zip(self._actors, found, strict=True))
         for rank, where in self.workers.items():
             where["bundle_node_id"] = placed.get(rank)
+        if device == "GPU":
+            driver_device = str(job.options.get("device") or "cuda")
+            clash = gpu_clash(driver_device, os.environ.get("CUDA_VISIBLE_DEVICES"), driver_node, self.workers)
+            if clash:
+                raise ExecutorError(clash)
         target = self._target or _core_run_worker()
         for rank, actor in self._actors.items():
             self._runs[rank] = actor.run.remote(target, worker_job, rank, env)

@@ -1,4 +1,4 @@
-"""The launcher's choices that need no cluster: placement strategy, timeout, a rendezvous other nodes can reach."""
+"""The launcher's choices that need no cluster: placement strategy, timeout, a reachable rendezvous, GPU clashes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from modelport.errors import ExecutorError
 from modelport_ray.launcher import (
     DEFAULT_PLACEMENT_TIMEOUT,
     STRATEGIES,
+    gpu_clash,
     placement_strategy,
     placement_timeout,
     reachable_init_method,
@@ -73,3 +74,34 @@ def test_a_loopback_rendezvous_becomes_the_driver_node_address(given, expected):
 
 def test_an_ipv6_driver_address_is_bracketed():
     assert reachable_init_method("tcp://127.0.0.1:29500", "fd00::5") == "tcp://[fd00::5]:29500"
+
+
+def _workers(*gpus_by_rank, node="driver-node"):
+    return {
+        rank: {"node_id": node, "accelerators": {"GPU": list(gpus)} if gpus else {}}
+        for rank, gpus in enumerate(gpus_by_rank, start=1)
+    }
+
+
+def test_a_worker_given_the_drivers_gpu_is_named_with_the_gpus_the_workers_hold():
+    message = gpu_clash("cuda:0", None, "driver-node", _workers(["1"], ["0"], ["2"]))
+    assert message == (
+        "Ray gave rank 2's actor GPU 0, the GPU the driver (rank 0, device='cuda:0') uses: NCCL cannot run two "
+        "ranks on one GPU. The workers on the driver's node have GPU(s) 0, 1, 2; give the driver another one "
+        "(device='cuda:N')"
+    )
+
+
+def test_the_drivers_gpu_is_read_through_its_cuda_visible_devices():
+    # device cuda:1 under CUDA_VISIBLE_DEVICES=4,6 is physical GPU 6, which rank 1 holds; GPU 1 clashes with nothing.
+    assert "GPU 6, the GPU the driver (rank 0, device='cuda:1')" in gpu_clash(
+        "cuda:1", "4,6", "driver-node", _workers(["6"])
+    )
+    assert gpu_clash("cuda:1", None, "driver-node", _workers(["6"])) == ""
+    assert gpu_clash("cuda", None, "driver-node", _workers(["0"])).startswith("Ray gave rank 1's actor GPU 0")
+
+
+def test_workers_on_other_nodes_or_on_other_gpus_do_not_clash():
+    assert gpu_clash("cuda:0", None, "driver-node", _workers(["0"], node="other-node")) == ""
+    assert gpu_clash("cuda:0", None, "driver-node", _workers(["1"], ["2"])) == ""
+    assert gpu_clash("cuda:0", None, "driver-node", _workers([])) == ""
