@@ -49,7 +49,8 @@ hits both alike; every child sets the same torch thread count (modelport's execu
 runs a step with fewer while its threads wait for a CPU: ``ThreadGovernor``;
 transformers always uses the count set). The header
 names the kernel each side's linear layers call (modelport sends float32 ones
-to oneDNN: ``modelport.models.linear``), and the run prints the load average
+to oneDNN, and bfloat16 ones to oneDNN with weights packed once, q/k/v and
+gate/up stacked: ``modelport.models.linear``), and the run prints the load average
 before and after, since other work on the machine slows both sides unevenly.
 "same tokens" counts the requests whose generated ids are identical on both
 sides, for information: random weights make near-ties, where a different
@@ -158,7 +159,7 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     gen = settings["gen_len"]
-    kernel = "F.linear"  # what float32 linear layers run on
+    kernel = "F.linear"  # what the linear layers run on
 
     if approach == "transformers":
         from transformers import AutoModelForCausalLM
@@ -208,11 +209,15 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
 
         llm = modelport.LLM(str(folder), dtype=dtype, model_impl="native")
         try:
-            from modelport.models.linear import onednn_linear_works
+            from modelport.models import linear as native_linear
         except ImportError:  # a modelport from before native linear layers chose their kernel
             pass
         else:
-            kernel = "mkldnn._linear_pointwise" if dtype == "float32" and onednn_linear_works() else kernel
+            if dtype == "float32" and native_linear.onednn_linear_works():
+                kernel = "mkldnn._linear_pointwise"
+            works = getattr(native_linear, "packed_linear_works", None)  # absent before packed weights
+            if works is not None and dtype != "float32" and works(getattr(torch, dtype)):
+                kernel = "mkldnn._linear_pointwise, packed weights, q/k/v and gate/up stacked"
 
         def run(batch: list[list[int]], new_tokens: int, start: float) -> tuple[list[list[int]], list[float]]:
             # What llm.generate does (add every request, step until done), watching each request's first token.

@@ -89,3 +89,28 @@ def test_a_competing_load_makes_steps_run_with_fewer_threads(two_threads):
             process.wait()
     assert used[-1] == 1, used
     assert torch.get_num_threads() == 2
+
+
+def test_the_executor_picks_greedy_tokens_with_the_governors_thread_count(two_threads, tmp_path, monkeypatch):
+    """The step's argmax runs inside the governed region: after it, an op with every thread may wait on a busy CPU."""
+    pytest.importorskip("modelport_hf", reason="reads a kit-made Hugging Face folder")
+    import modelport
+    from modelport.testing import make_tiny_model
+
+    llm = modelport.LLM(str(make_tiny_model(tmp_path / "llama", "llama")), dtype="float32", model_impl="native")
+    governor = llm.executor.threads
+    assert governor.enabled
+    seen: list[int] = []
+    real = executor.sample_greedy
+
+    def spy(logits: torch.Tensor) -> list[int]:
+        seen.append(torch.get_num_threads())
+        return real(logits)
+
+    monkeypatch.setattr(executor, "sample_greedy", spy)
+    monkeypatch.setattr(governor, "_adjust", lambda *args: None)  # keep the count this test chose
+    governor._started, governor.threads = True, 1
+    result = llm.generate(["Hello world"], modelport.SamplingParams(temperature=0, max_tokens=3))[0]
+    assert len(result.outputs[0].token_ids) == 3
+    assert seen == [1, 1, 1]  # one pick a generated token, each with the governor's one thread
+    assert torch.get_num_threads() == 2
