@@ -2,7 +2,8 @@
 
 Each file is memory-mapped once; each tensor is read from the map, renamed
 through the architecture table, dequantised (or converted) straight to the
-target dtype, un-transformed where llama.cpp's converter transformed it, and
+target dtype, un-transformed where llama.cpp's converter transformed it (the
+rotary row permutation is undone on the raw rows, before dequantisation), and
 yielded before the next is touched, so the memory in use beyond the model is
 one tensor. A tensor of a type that is not read raises
 :class:`UnsupportedTensorTypeError` naming the tensor and the type.
@@ -72,18 +73,32 @@ def _pattern(template: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(template).replace(r"\{bid\}", r"(?P<bid>\d+)") + "$")
 
 
+def rotary_heads(kind: str, hf_config: Any) -> int:
+    """The heads whose rows llama.cpp permuted: attention heads for ``permute_q``, kv heads for ``permute_k``."""
+    text = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    heads = int(text.num_attention_heads)
+    if kind == "permute_k":
+        heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    return heads
+
+
+def unpermute_rows(tensor: Any, heads: int) -> Any:
+    """Rows of ``tensor`` back in Hugging Face's rotary order (a copy); unchanged where they do not split in heads.
+
+    Rows only move whole, so this applies alike to values and to the raw bytes of a quantised tensor (whole
+    blocks per row) before they are dequantised.
+    """
+    rows = tensor.shape[0]
+    if rows % (2 * heads):
+        return tensor
+    rest = tuple(tensor.shape[1:])
+    return tensor.reshape(heads, rows // heads // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest).contiguous()
+
+
 def undo_transform(kind: str, tensor: Any, hf_config: Any) -> Any:
     """Undo what llama.cpp's converter did: rotary row permutation, norm plus one, Conv1D transpose."""
     if kind in ("permute_q", "permute_k"):
-        text = getattr(hf_config, "get_text_config", lambda: hf_config)()
-        heads = int(text.num_attention_heads)
-        if kind == "permute_k":
-            heads = int(getattr(text, "num_key_value_heads", None) or heads)
-        rows = tensor.shape[0]
-        if rows % (2 * heads):
-            return tensor
-        rest = tuple(tensor.shape[1:])
-        return tensor.reshape(heads, rows // heads // 2, 2, *rest).transpose(1, 2).reshape(rows, *rest).contiguous()
+        return unpermute_rows(tensor, rotary_heads(kind, hf_config))
     if kind == "minus_one":
         return tensor - 1
     if kind == "transpose":
@@ -97,8 +112,12 @@ def _map_file(path: Path) -> Any:
         return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
 
 
-def read_tensor(mapped: Any, info: TensorInfo, dtype: Any, file: str) -> Any:
-    """The values of ``info`` in ``dtype``, from the memory map ``mapped`` (a view where no conversion is needed)."""
+def read_tensor(mapped: Any, info: TensorInfo, dtype: Any, file: str, rotary_heads: int | None = None) -> Any:
+    """The values of ``info`` in ``dtype``, from the memory map ``mapped`` (a view where no conversion is needed).
+
+    With ``rotary_heads``, llama.cpp's rotary row permutation is undone on the raw rows first (a quarter of
+    the float32 bytes or fewer), so the values are dequantised straight into their final order.
+    """
     import torch
 
     from modelport_gguf.quants import SUPPORTED_TYPES, dequantize
@@ -106,6 +125,12 @@ def read_tensor(mapped: Any, info: TensorInfo, dtype: Any, file: str) -> Any:
     if info.type_name not in SUPPORTED_TYPES:
         raise UnsupportedTensorTypeError(file, info.name, info.type_name, SUPPORTED_TYPES)
     raw = torch.frombuffer(mapped, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
+    if rotary_heads is not None and len(info.shape) == 2:
+        rows = raw.reshape(info.shape[0], -1)
+        permuted = unpermute_rows(rows, rotary_heads)
+        if permuted is not rows:
+            release_pages(mapped, info.offset, info.nbytes)
+            raw = permuted.reshape(-1)
     target = dtype if torch.empty((), dtype=dtype).is_floating_point() else torch.float32
     values = dequantize(raw, info.type_name, info.shape, target)
     if values.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr():
@@ -151,11 +176,11 @@ def iter_tensors(
             where[info.name] = (header, info)
     maps: dict[Path, Any] = {}
 
-    def values(name: str) -> Any:
+    def values(name: str, heads: int | None = None) -> Any:
         header, info = where[name]
         if header.path not in maps:
             maps[header.path] = _map_file(header.path)
-        return read_tensor(maps[header.path], info, dtype, str(header.path))
+        return read_tensor(maps[header.path], info, dtype, str(header.path), heads)
 
     for _, header in headers:
         for info in header.tensors:
@@ -172,9 +197,11 @@ def iter_tensors(
                 yield hf, torch.cat([values(p) for p in parts], dim=1)
                 continue
             hf_name = names.rename(info.name) or info.name
-            tensor = values(info.name)
-            for suffix, kind in table.transforms.items():
-                if hf_name.endswith(suffix):
+            kind = next((k for suffix, k in table.transforms.items() if hf_name.endswith(suffix)), None)
+            if kind in ("permute_q", "permute_k"):
+                tensor = values(info.name, rotary_heads(kind, hf_config))  # un-permuted before dequantisation
+            else:
+                tensor = values(info.name)
+                if kind is not None:
                     tensor = undo_transform(kind, tensor, hf_config)
-                    break
             yield hf_name, tensor
