@@ -195,8 +195,13 @@ def _core_run_worker() -> Callable[[Any, int], None]:
     return run_worker
 
 
-def _join_cluster(ray: Any) -> tuple[bool, str]:
-    """Connect this process to Ray; return whether modelport made the connection and how it was found."""
+def _join_cluster(ray: Any, world_size: int) -> tuple[bool, str]:
+    """Connect this process to Ray; return whether modelport made the connection and how it was found.
+
+    A local runtime started here counts at least ``world_size`` CPUs (Ray's CPUs are
+    logical), so that N ranks can be placed on a machine with fewer cores, as ``mp``
+    would run them there.
+    """
     global _runtime_users
     with _runtime_lock:
         if ray.is_initialized():
@@ -217,7 +222,8 @@ def _join_cluster(ray: Any) -> tuple[bool, str]:
         except ConnectionError as exc:
             if asked:
                 raise ExecutorError(f"cannot connect to the Ray cluster at RAY_ADDRESS={asked!r}: {exc}") from exc
-            ray.init()
+            cores = os.cpu_count() or 1
+            ray.init(num_cpus=world_size if world_size > cores else None)
             how = "a local Ray runtime started by modelport (no cluster was running, RAY_ADDRESS is unset)"
         _runtime_users = 1
         return True, how
@@ -281,7 +287,7 @@ class RayLauncher:
         if self._started:
             raise ExecutorError("this RayLauncher has already started its workers; make a new one per model")
         ray = _import_ray()
-        self._owns_runtime, self.cluster = _join_cluster(ray)
+        self._owns_runtime, self.cluster = _join_cluster(ray, job.world_size)
         self._started = True
         try:
             self._place_and_start(ray, job)
