@@ -251,13 +251,19 @@ def paged_attention(
         key: ``[T, num_kv_heads, head_dim]``, rotated.
         value: ``[T, num_kv_heads, head_dim]``.
         layer: the layer's index in the cache.
-        layout: the step's :class:`BatchLayout`.
+        layout: the step's :class:`BatchLayout`, or another layout that has an ``attend``
+            method taking these arguments (but ``layout``), which then does all of it:
+            modelport-cuda's static decode layout, whose attention a CUDA graph records.
         window: the layer's sliding window, or ``None`` for full attention.
         scale: the softmax scale (``head_dim ** -0.5`` for these models).
 
     Returns:
         ``[T, num_heads, head_dim]``.
     """
+    attend = getattr(layout, "attend", None)
+    if attend is not None:
+        attended: torch.Tensor = attend(query, key, value, layer=layer, window=window, scale=scale)
+        return attended
     cache = layout.cache
     cache.write(layer, layout.new_slots, key, value)
     tokens, heads, dim = query.shape

@@ -158,12 +158,15 @@ def graph_support(model: Any) -> str | None:
 
 
 class StaticDecodeLayout:
-    """What :func:`~modelport.models.attention.paged_attention` reads from a layout, as static tensors.
+    """A decode step's layout for :func:`~modelport.models.attention.paged_attention`, as static tensors.
 
-    One group of ``size`` single-token sequences reading ``tables`` (``[size, blocks]``)
-    whole; the mask admits key ``k`` of a sequence when ``k < seq_len`` (and,
-    under a window ``w``, ``k > seq_len - 1 - w``). Everything is computed on
-    the device from the buffers, so a graph can record it.
+    ``size`` single-token sequences, each reading its row of ``tables``
+    (``[size, blocks]``) whole; the mask admits key ``k`` of a sequence when
+    ``k < seq_len`` (and, under a window ``w``, ``k > seq_len - 1 - w``).
+    Everything is computed on the device from the buffers, so a graph can
+    record it. :meth:`attend` is the attention itself (core's
+    ``paged_attention`` hands it the layer's work); :meth:`groups` describes
+    the same step in the form of core's layouts, for its grouped SDPA path.
     """
 
     def __init__(
@@ -174,23 +177,70 @@ class StaticDecodeLayout:
         self.tables = tables
         self.seq_lens = seq_lens
         self.block_size = block_size
-        self._groups: dict[int | None, tuple[AttentionGroup, ...]] = {}
+        self._masks: dict[int | None, torch.Tensor] = {}
 
-    def groups(self, window: int | None) -> tuple[AttentionGroup, ...]:
-        """The one group of the step, its mask for ``window``."""
-        found = self._groups.get(window)
+    def mask(self, window: int | None) -> torch.Tensor:
+        """``[size, blocks * block_size]``: true where a sequence's query may see the key at that index."""
+        found = self._masks.get(window)
         if found is None:
             import torch
 
-            size, blocks = self.tables.shape
+            blocks = self.tables.shape[1]
             key = torch.arange(blocks * self.block_size, device=self.tables.device)[None, :]
             query = self.seq_lens[:, None] - 1
-            allowed = key <= query
+            found = key <= query
             if window is not None:
-                allowed = allowed & (key > query - window)
-            found = (AttentionGroup(slice(0, size), size, 1, self.tables, allowed.view(size, 1, 1, -1)),)
-            self._groups[window] = found
+                found = found & (key > query - window)
+            self._masks[window] = found
         return found
+
+    def groups(self, window: int | None) -> tuple[AttentionGroup, ...]:
+        """The step as core's one group of single-token sequences, its mask for ``window``."""
+        size = self.tables.shape[0]
+        return (AttentionGroup(slice(0, size), size, 1, self.tables, self.mask(window).view(size, 1, 1, -1)),)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        layer: int,
+        window: int | None,
+        scale: float,
+    ) -> torch.Tensor:
+        """Write the step's keys and values into the cache, then attend each query to its sequence's keys.
+
+        Grouped-query heads share their key/value head by broadcasting (query
+        head ``h`` reads key/value head ``h // (heads // kv_heads)``, as
+        transformers' and SDPA's grouping): the keys are not repeated per query
+        head, as SDPA's ``enable_gqa`` fallback does, so a step reads each
+        cached key once. Scores and softmax are in float32.
+
+        Args:
+            query: ``[size, num_heads, head_dim]``, rotated.
+            key: ``[size, num_kv_heads, head_dim]``, rotated.
+            value: ``[size, num_kv_heads, head_dim]``.
+            layer: the layer's index in the cache.
+            window: the layer's sliding window, or ``None``.
+            scale: the softmax scale.
+
+        Returns:
+            ``[size, num_heads, head_dim]`` in ``query``'s dtype.
+        """
+        import torch
+
+        self.cache.write(layer, self.new_slots, key, value)
+        size, heads, dim = query.shape
+        kv_heads = key.shape[1]
+        keys, values = self.cache.read_blocks(layer, self.tables.reshape(-1))
+        keys = keys.view(size, -1, kv_heads, dim).transpose(1, 2).float()  # [size, kv_heads, keys, dim]
+        values = values.view(size, -1, kv_heads, dim).transpose(1, 2).float()
+        grouped = query.view(size, kv_heads, heads // kv_heads, dim).float()  # [size, kv_heads, group, dim]
+        scores = torch.matmul(grouped, keys.transpose(-1, -2)) * scale  # [size, kv_heads, group, keys]
+        scores = scores.masked_fill(~self.mask(window)[:, None, None, :], float("-inf"))
+        attended = torch.matmul(torch.softmax(scores, dim=-1), values)  # [size, kv_heads, group, dim]
+        return attended.reshape(size, heads, dim).to(query.dtype)
 
 
 def decode_forward(model: Any, tokens: torch.Tensor, positions: torch.Tensor, layout: StaticDecodeLayout) -> Any:

@@ -303,6 +303,37 @@ def test_a_replay_returns_the_logits_of_the_real_rows_as_model_forward_gives_the
     assert (runner.replayed, graphs.captured) == ({(4, 8): 2}, 1)  # the same shape replays its capture
 
 
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_equals_cores_grouped_sdpa(window, dtype):
+    from types import SimpleNamespace
+
+    from modelport.models.attention import paged_attention
+    from modelport.models.kv_cache import PagedKVCache
+    from modelport_cuda.graphs import StaticDecodeLayout
+
+    generator = torch.Generator().manual_seed(3)
+    caches = [PagedKVCache(1, 12, BLOCK, 2, 8, dtype=dtype, device="cpu") for _ in range(2)]
+    filler = torch.randn(12, BLOCK, 2, 8, generator=generator).to(dtype)
+    for cache in caches:
+        cache.keys[0].copy_(filler)
+        cache.values[0].copy_(-filler)
+    tables = torch.tensor([[3, 1, 7, 11], [2, 11, 11, 11], [0, 4, 5, 6]])
+    seq_lens = torch.tensor([10, 1, 16])  # the new token is the last of each
+    slots = torch.tensor([1 * BLOCK + 1, 2 * BLOCK, 6 * BLOCK + 3])
+    query = torch.randn(3, 6, 8, generator=generator).to(dtype)  # 6 query heads over 2 key/value heads
+    key, value = (torch.randn(3, 2, 8, generator=generator).to(dtype) for _ in range(2))
+    mine = StaticDecodeLayout(caches[0], slots, tables, seq_lens, BLOCK)
+    cores = StaticDecodeLayout(caches[1], slots, tables, seq_lens, BLOCK)
+    as_core_sees_it = SimpleNamespace(cache=caches[1], new_slots=slots, groups=cores.groups)  # no attend
+    got = paged_attention(query, key, value, layer=0, layout=mine, window=window, scale=8**-0.5)
+    expected = paged_attention(query, key, value, layer=0, layout=as_core_sees_it, window=window, scale=8**-0.5)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(got, expected, **tolerance)
+    assert got.dtype == dtype
+    torch.testing.assert_close(caches[0].keys[0], caches[1].keys[0], rtol=0, atol=0)  # the same writes
+
+
 # --- the executor on CPU tensors ------------------------------------------------------
 
 
