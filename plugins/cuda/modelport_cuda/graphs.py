@@ -10,10 +10,10 @@ in the graph of the smallest capture size ``>= n`` (:func:`capture_sizes`),
 its extra rows padding that write to a block no sequence owns and are dropped.
 
 vLLM's paged attention kernels read each sequence's own length from a tensor,
-so its decode graphs depend on the batch size alone. Here attention is torch's
-``scaled_dot_product_attention`` over whole blocks gathered by the block table
-(core's :func:`~modelport.models.attention.paged_attention`), whose shape is
-the number of blocks read; so a graph is captured per (padded batch size,
+so its decode graphs depend on the batch size alone. Here attention reads whole
+blocks gathered by the block table (:meth:`StaticDecodeLayout.attend`, which
+core's :func:`~modelport.models.attention.paged_attention` hands the work to),
+whose shape is the number of blocks read; so a graph is captured per (padded batch size,
 block bucket), the bucket being the longest sequence's blocks rounded up to a
 power of two (:func:`block_bucket`), and shorter sequences masked. Graphs are
 captured on first use of their shape and share one memory pool; sequences
