@@ -28,6 +28,8 @@ OPTIONS_NAMED_IN_THE_ISSUES = {
     "offline",
     "max_model_len",
     "hub",  # issue 10: hf or modelscope
+    "tensor_parallel_size",  # issue 14
+    "distributed_executor_backend",  # issue 14: mp, ray or a registered backend
 }
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,25 @@ def test_interpreter_exit_without_close_leaves_no_worker_behind(tmp_path):
     assert len(report["tokens"]) == 4
     assert report["pids"] and wait_gone(report["pids"], 10.0) == []
     assert not any(alive(pid) for pid in report["pids"])
+
+
+def test_a_checkpoint_that_does_not_fit_fails_with_its_typed_error_and_stops_the_workers(tmp_path):
+    from modelport.errors import WeightsCorruptError
+
+    folder = write_tp_model(tmp_path / "m", "llama")
+    started = time.monotonic()
+    with pytest.raises(WeightsCorruptError, match="does not belong to this config") as info:
+        # The config says twice the MLP width the weights have: every rank's load fails the same way.
+        LLM(str(folder), skip_tokenizer_init=True, tensor_parallel_size=2, hf_overrides={"intermediate_size": 256})
+    assert "model.safetensors" in str(info.value)
+    elapsed = time.monotonic() - started
+    children = [int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent(p) == os.getpid()]
+    assert wait_gone(children, 5.0) == [], "a worker outlived the failed load"
+    assert elapsed < 120
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

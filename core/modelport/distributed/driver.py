@@ -125,10 +125,13 @@ class _Closer:
         if self.closed:
             return
         self.closed = True
+        asked = False
         if stop and self.commands is not None:
             with contextlib.suppress(Exception):  # a worker already gone: the launcher cleans up
                 send(self.commands, {"op": "stop"})
-        self.launcher.shutdown(SHUTDOWN_TIMEOUT_S)
+                asked = True
+        # Workers asked to stop get time to exit; after a failure nothing waits for them.
+        self.launcher.shutdown(SHUTDOWN_TIMEOUT_S if asked else 0.0)
         self.commands = None
 
 
