@@ -6,7 +6,11 @@ Transformers backend, modelport-transformers); without them these tests skip.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+import torch
 
 pytest.importorskip("modelport_hf", reason="kit models are Hugging Face folders, read by modelport-hf")
 
@@ -67,3 +71,18 @@ def test_the_transformers_backend_runs_eagerly_and_gives_the_cpu_executors_token
         r.outputs[0].token_ids for r in expected
     ]
     assert graphs.captured == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the command line on a machine without a CUDA device")
+def test_the_command_line_says_no_cuda_device_is_available_in_its_own_spelling():
+    done = subprocess.run(
+        [sys.executable, "-m", "modelport", "generate", "default", "hi", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("modelport: error: device 'cuda' is not available: no CUDA device is available (torch ")
+    assert line.endswith("; use --device cpu or --device auto")
