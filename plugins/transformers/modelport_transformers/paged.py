@@ -14,10 +14,21 @@ own keys only.
 What a step needs to know (which tokens belong to which sequence, their cache
 slots, the masks) is computed once per step, as tensors, by :class:`PagedStep`
 and shared by every layer; the layers then run a fixed number of tensor
-operations whatever the number of sequences: the single-token (decoding)
-sequences are attended together in one call, the longer ones (prefills and
-prefill chunks) together in another, each padded to its longest member and
-masked.
+operations whatever the number of sequences:
+
+- the single-token (decoding) sequences, in float32, as sparse products over
+  the cache pool itself (:class:`_Decodes`): the scores of each query against
+  the pool rows holding its sequence's keys (``torch.sparse.sampled_addmm``),
+  a softmax over each query's entries, and the values at the same rows summed
+  with those weights (``F.embedding_bag``). Nothing is gathered, padded or
+  masked; on a 32-sequence decode step of a 100M GPT-NeoX (one thread) this
+  took the attention from about 60 of the step's 160 ms of CPU time to about
+  38 of 135 (gathering and SDPA's per-head products cost more than reading
+  the keys and values once). In other dtypes
+  they are gathered and padded like the longer ones;
+- the longer ones (prefills and prefill chunks): their keys and values
+  gathered from the cache, padded to the longest member, masked, and attended
+  in one SDPA call.
 
 The step travels to the attention function through a context variable that
 :meth:`PagedStep.active` sets around the module's forward; outside it (a plain
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,6 +124,78 @@ class PagedCache:
     def nbytes(self) -> int:
         """Memory the allocated layers take, in bytes."""
         return sum(cache.nbytes for cache in self.layers.values())
+
+
+class _Decodes:
+    """The single-token (decoding) sequences of a step, attended as sparse products over the cache pool.
+
+    A decoding query reads every cached key of its sequence (within the
+    layer's window). Gathering those keys and values into padded tensors for
+    SDPA copies them, and SDPA then runs a tiny product per sequence and head.
+    Here the keys a query reads are named by their rows in the pool instead
+    (``[num_blocks * block_size * kv_heads, head_dim]``): one row of a sparse
+    pattern per sequence and query head, one entry per key it sees. The scores
+    are ``torch.sparse.sampled_addmm`` of the queries and the pool's keys at
+    those entries, the softmax runs over each row's entries, and the output is
+    ``F.embedding_bag`` of the pool's values at the same rows, weighted by the
+    probabilities: nothing is gathered, padded or masked, and sequences of any
+    lengths share the three calls.
+    """
+
+    def __init__(
+        self, members: torch.Tensor, starts: torch.Tensor, context_lens: torch.Tensor, table: torch.Tensor, bs: int
+    ) -> None:
+        self.rows = starts[members]  # the flat-batch row of each one's token
+        self.size = int(members.numel())
+        self._totals = context_lens[members] + 1  # keys each reads, itself included
+        self._table = table[members]
+        self._block_size = bs
+        self._patterns: dict[tuple[int | None, int, int, torch.dtype, int], _Pattern] = {}
+
+    def pattern(self, window: int | None, heads: int, kv_heads: int, dtype: torch.dtype, pool_rows: int) -> _Pattern:
+        """The sparse pattern of this step's decodes for one kind of layer (computed once per kind)."""
+        key = (window, heads, kv_heads, dtype, pool_rows)
+        found = self._patterns.get(key)
+        if found is None:
+            found = _Pattern(self, window, heads, kv_heads, dtype, pool_rows)
+            self._patterns[key] = found
+        return found
+
+
+class _Pattern:
+    """Which pool rows each (sequence, query head) of a :class:`_Decodes` reads, as a sparse CSR pattern."""
+
+    def __init__(
+        self, decodes: _Decodes, window: int | None, heads: int, kv_heads: int, dtype: torch.dtype, pool_rows: int
+    ) -> None:
+        import warnings
+
+        totals, table, bs = decodes._totals, decodes._table, decodes._block_size
+        device = table.device
+        first = (totals - window).clamp(min=0) if window else torch.zeros_like(totals)
+        counts = totals - first  # keys each sequence's query sees
+        offsets = torch.arange(int(counts.max()), device=device)
+        seen = offsets[None, :] < counts[:, None]  # [S, K]
+        index = torch.where(seen, first[:, None] + offsets[None, :], 0)  # each key's index in its sequence
+        slots = table.gather(1, index // bs) * bs + index % bs  # [S, K]
+        kv_of_head = torch.arange(heads, device=device) // (heads // kv_heads)
+        pool_row = slots[:, None, :] * kv_heads + kv_of_head[None, :, None]  # [S, H, K]
+        #: Pool rows read, row by row of the pattern (sequence, then head, then key).
+        self.columns = pool_row[seen[:, None, :].expand_as(pool_row)]
+        #: Entries in each row of the pattern.
+        self.lengths = counts.repeat_interleave(heads)
+        #: Where each row's entries start in :attr:`columns`.
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
+        crow = torch.cat([self.starts, self.columns.new_tensor([self.columns.numel()])])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+            warnings.simplefilter("ignore")
+            self.csr = torch.sparse_csr_tensor(
+                crow,
+                self.columns,
+                torch.zeros(self.columns.numel(), dtype=dtype, device=device),
+                size=(decodes.size * heads, pool_rows),
+                check_invariants=False,
+            )
 
 
 class _Group:
@@ -211,12 +295,25 @@ class PagedStep:
         #: The flat rows whose logits a step returns: the last token of each sequence.
         self.last_rows = ends - 1
         decoding = query_lens == 1
-        self.groups = [
-            _Group(members, starts, query_lens, context_lens, table, bs)
-            for members in (decoding.nonzero().squeeze(1), (~decoding).nonzero().squeeze(1))
-            if members.numel()
-        ]
+        single, longer = decoding.nonzero().squeeze(1), (~decoding).nonzero().squeeze(1)
+        #: The decoding sequences (one new token each), or ``None``.
+        self.decodes = _Decodes(single, starts, context_lens, table, bs) if single.numel() else None
+        #: Every token of the step is a decode (then the decodes' rows are the whole batch, in order).
+        self.only_decodes = not longer.numel()
+        self._layout = (starts, query_lens, context_lens, table, bs)
+        self._decode_group: _Group | None = None
+        #: The longer sequences (prefills and prefill chunks), attended together.
+        self.groups = [_Group(longer, starts, query_lens, context_lens, table, bs)] if longer.numel() else []
         self.num_tokens = total
+
+    def decode_group(self) -> _Group:
+        """The decoding sequences as one padded, masked group (where the sparse products cannot serve a layer)."""
+        if self._decode_group is None:
+            assert self.decodes is not None
+            starts, query_lens, context_lens, table, bs = self._layout
+            members = (query_lens == 1).nonzero().squeeze(1)
+            self._decode_group = _Group(members, starts, query_lens, context_lens, table, bs)
+        return self._decode_group
 
     @contextlib.contextmanager
     def active(self) -> Iterator[PagedStep]:
@@ -270,24 +367,110 @@ def paged_attention(
     v = value[0].transpose(0, 1)
     layer_cache = cache.layer(layer, k, v)
     layer_cache.write(0, step.slots, k, v)
-    heads, kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
-    scale = scaling if scaling is not None else head_dim**-0.5
-    out = q.new_empty(q.shape[0], heads, v.shape[2])
-    for group in step.groups:  # at most two: the decoding sequences, then the others
-        keys, values = layer_cache.read(0, group.key_slots)
-        keys = keys.view(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
-        values = values.view(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
-        queries = q.index_select(0, group.rows).view(group.size, group.width, heads, head_dim).transpose(1, 2)
-        mask = group.mask(int(sliding_window) if sliding_window else None)
-        if softcap is None:
-            result = F.scaled_dot_product_attention(
-                queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
-            )
-        else:
-            result = _softcapped(queries, keys, values, mask, scale, float(softcap))
-        result = result.transpose(1, 2).reshape(group.size * group.width, heads, -1)
-        out.index_copy_(0, group.dest, result.index_select(0, group.take))
+    scale = scaling if scaling is not None else q.shape[2] ** -0.5
+    window = int(sliding_window) if sliding_window else None
+    cap = float(softcap) if softcap is not None else None
+    out: torch.Tensor | None = None
+    decodes = step.decodes
+    if decodes is not None and sparse_decode_works(layer_cache.keys[0].dtype, q.device):
+        attended = _attend_decodes(decodes, q, layer_cache, scale, cap, window)
+        if step.only_decodes:
+            return attended[None], None
+        out = q.new_empty(q.shape[0], q.shape[1], attended.shape[2])
+        out.index_copy_(0, decodes.rows, attended)
+        groups = step.groups
+    else:
+        groups = ([step.decode_group()] if decodes is not None else []) + step.groups
+    for group in groups:  # at most two: the decoding sequences, then the others
+        dest, attended = _attend_group(group, q, layer_cache, scale, cap, window)
+        if out is None:
+            out = q.new_empty(q.shape[0], q.shape[1], attended.shape[2])
+        out.index_copy_(0, dest, attended)
+    assert out is not None
     return out[None], None
+
+
+def _attend_decodes(
+    decodes: _Decodes, q: torch.Tensor, cache: PagedKVCache, scale: float, softcap: float | None, window: int | None
+) -> torch.Tensor:
+    """``[S, H, Dv]``: the decoding queries attended over the pool rows their pattern names (:class:`_Decodes`)."""
+    import warnings
+
+    heads, dim = q.shape[1], q.shape[2]
+    keys = cache.keys[0].view(-1, dim)  # [num_blocks * block_size * kv_heads, head_dim]
+    values = cache.values[0].view(-1, cache.values[0].shape[-1])
+    pattern = decodes.pattern(window, heads, cache.num_kv_heads, keys.dtype, keys.shape[0])
+    queries = q.index_select(0, decodes.rows).reshape(-1, dim).to(keys.dtype)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore")
+        scores = torch.sparse.sampled_addmm(pattern.csr, queries, keys.t(), beta=0.0, alpha=scale).values()
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    lengths = pattern.lengths
+    top = torch.segment_reduce(scores, "max", lengths=lengths)
+    weights = (scores - top.repeat_interleave(lengths, output_size=scores.numel())).exp_()
+    total = torch.segment_reduce(weights, "sum", lengths=lengths)
+    attended = F.embedding_bag(pattern.columns, values, pattern.starts, mode="sum", per_sample_weights=weights)
+    return (attended / total[:, None]).view(decodes.size, heads, -1).to(q.dtype)
+
+
+def _attend_group(
+    group: _Group, q: torch.Tensor, cache: PagedKVCache, scale: float, softcap: float | None, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded group's keys and values gathered from the cache, attended in one call: ``(rows, [N, H, Dv])``."""
+    heads, head_dim = q.shape[1], q.shape[2]
+    kv_heads = cache.num_kv_heads
+    keys, values = cache.read(0, group.key_slots)
+    keys = keys.view(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    values = values.view(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
+    queries = q.index_select(0, group.rows).view(group.size, group.width, heads, head_dim).transpose(1, 2)
+    mask = group.mask(window)
+    if softcap is None:
+        result = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
+        )
+    else:
+        result = _softcapped(queries, keys, values, mask, scale, softcap)
+    result = result.transpose(1, 2).reshape(group.size * group.width, heads, -1)
+    return group.dest, result.index_select(0, group.take)
+
+
+@functools.cache
+def sparse_decode_works(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether decoding queries are attended through sparse products for a cache of ``dtype`` on ``device``.
+
+    Float32 only (lower precisions keep SDPA, which accumulates in float32),
+    and only where the three operators exist and agree with dense attention on
+    a small probe; anywhere else the decodes are gathered and padded like the
+    longer sequences.
+    """
+    if dtype != torch.float32:
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        pool = PagedKVCache(1, 4, 2, 2, 8, dtype=dtype, device=device)
+        for tensor in (pool.keys[0], pool.values[0]):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
+        table = torch.tensor([[2, 0, 3], [1, 0, 0]], device=device)
+        decodes = _Decodes(
+            torch.arange(2, device=device),
+            torch.arange(2, device=device),
+            torch.tensor([4, 1], device=device),
+            table,
+            2,
+        )
+        q = torch.randn(2, 4, 8, generator=generator).to(device)
+        got = _attend_decodes(decodes, q, pool, 0.5, None, None)
+        slots = [[4, 5, 0, 1, 6], [2, 3]]
+        for i, sequence in enumerate(slots):
+            keys = pool.keys[0].view(-1, 2, 8)[sequence].repeat_interleave(2, dim=1).transpose(0, 1)
+            values = pool.values[0].view(-1, 2, 8)[sequence].repeat_interleave(2, dim=1).transpose(0, 1)
+            want = torch.softmax(q[i][:, None] @ keys.transpose(1, 2) * 0.5, -1) @ values
+            if not torch.allclose(got[i], want[:, 0], atol=1e-5):
+                return False
+    except Exception:  # an operator missing on this device or build: the gathering path serves
+        return False
+    return True
 
 
 def _softcapped(

@@ -1,0 +1,113 @@
+"""The backend's paged attention: decoding sequences through sparse products, longer ones gathered and padded.
+
+A decode step's single-token sequences are attended by
+``modelport_transformers.paged._attend_decodes`` (sparse products over the
+cache pool, float32); where that path cannot serve, they are gathered and
+padded like prefills. Both must give transformers' own logits, with sequences
+of different lengths, scattered cache blocks, grouped key/value heads, a
+sliding window shorter than the context and soft-capped scores (Gemma 2).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelport.models.protocol import SequenceBatch
+from modelport_transformers import paged
+from modelport_transformers.model import TransformersModel
+
+PROMPTS = [[5, 17, 33, 8, 61, 12, 40], [3, 70, 22], [9, 9, 41, 50, 12, 77, 31, 6, 19, 44, 23]]
+#: Scattered, out of order, never contiguous per sequence: each sequence's blocks interleave with the others'.
+TABLES = [[7, 2, 11, 4, 0], [9, 5, 1], [3, 10, 6, 8, 12, 13]]
+BLOCK = 4
+
+
+def _gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        hidden_size=32,
+        num_hidden_layers=2,  # one sliding layer (window 3), one global
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=64,
+        vocab_size=96,
+        sliding_window=3,
+        query_pre_attn_scalar=16,
+        attn_logit_softcapping=5.0,  # low, so that the cap changes the scores
+        initializer_range=0.2,
+        architectures=["Gemma2ForCausalLM"],
+    )
+    torch.manual_seed(0)
+    reference = Gemma2ForCausalLM(config).eval()
+    model = TransformersModel.from_config(config, dtype="float32", device="cpu")
+    model.load_weights(reference.state_dict().items())
+    assert model.batched
+    return model, reference
+
+
+def _decode_logits(model):
+    """Prefill the prompts in one step, then decode their next tokens (given, not sampled) for three steps."""
+    cache = model.new_kv_cache(16, BLOCK)
+    tokens = [list(p) for p in PROMPTS]
+    first = SequenceBatch(
+        torch.tensor([t for p in tokens for t in p]),
+        torch.tensor([i for p in tokens for i in range(len(p))]),
+        [len(p) for p in tokens],
+        [0] * len(tokens),
+        TABLES,
+    )
+    model.forward(first, cache)
+    rows = []
+    for step in range(3):
+        new = [(7 * step + 3 * i) % 90 + 3 for i in range(len(tokens))]
+        batch = SequenceBatch(
+            torch.tensor(new),
+            torch.tensor([len(p) for p in tokens]),
+            [1] * len(tokens),
+            [len(p) for p in tokens],
+            TABLES,
+        )
+        rows.append(model.forward(batch, cache))
+        for sequence, token in zip(tokens, new, strict=True):
+            sequence.append(token)
+    return torch.stack(rows), tokens
+
+
+def _reference_logits(reference, tokens):
+    with torch.no_grad():
+        full = [reference(torch.tensor([t])).logits[0] for t in tokens]
+    # Step s decoded token index len(prompt) + s of each sequence.
+    return torch.stack([torch.stack([f[len(p) + s] for f, p in zip(full, PROMPTS, strict=True)]) for s in range(3)])
+
+
+def test_decodes_go_through_sparse_products_and_give_transformers_logits(monkeypatch):
+    model, reference = _gemma2()
+    assert paged.sparse_decode_works(torch.float32, torch.device("cpu"))  # probed before the count starts
+    calls = []
+    attend = paged._attend_decodes
+    monkeypatch.setattr(paged, "_attend_decodes", lambda *args: calls.append(1) or attend(*args))
+    got, tokens = _decode_logits(model)
+    want = _reference_logits(reference, tokens)
+    assert len(calls) == 3 * 2  # every decode step, in both layers
+    assert got.shape == want.shape == (3, 3, 96)
+    assert (got - want).abs().max() < 1e-4
+
+
+def test_the_gathered_padded_path_gives_the_same_logits_where_sparse_products_cannot_serve(monkeypatch):
+    model, reference = _gemma2()
+    sparse, tokens = _decode_logits(model)
+    monkeypatch.setattr(paged, "sparse_decode_works", lambda dtype, device: False)
+    monkeypatch.setattr(paged, "_attend_decodes", lambda *args: pytest.fail("the sparse path ran"))
+    gathered, _ = _decode_logits(model)
+    assert (gathered - _reference_logits(reference, tokens)).abs().max() < 1e-4
+    assert (gathered - sparse).abs().max() < 1e-4
+
+
+def test_sparse_decodes_serve_float32_only():
+    cpu = torch.device("cpu")
+    assert paged.sparse_decode_works(torch.float32, cpu)
+    assert not paged.sparse_decode_works(torch.bfloat16, cpu)
+    assert not paged.sparse_decode_works(torch.float16, cpu)
