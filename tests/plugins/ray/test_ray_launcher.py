@@ -33,6 +33,7 @@ def serve_until_stopped(job: WorkerJob, rank: int) -> None:
     folder = Path(job.options["folder"])
     report = {"rank": rank, "pid": os.getpid(), "init_method": job.init_method}
     report["plugins"] = os.environ.get("MODELPORT_PLUGINS")
+    report["niceness"] = os.nice(0)
     (folder / f"rank{rank}.json").write_text(json.dumps(report))
     while not (folder / "stop").exists():
         time.sleep(0.02)
@@ -100,6 +101,8 @@ def test_one_bundle_per_rank_packed_on_the_driver_node_and_each_rank_runs_in_its
     # One node: the loopback rendezvous stays; the driver's plugin selection reached the worker.
     assert report["init_method"] == started.init_method == "tcp://127.0.0.1:29555"
     assert report["plugins"] == "modelport-hf,modelport-ray"
+    # Ray starts workers at niceness 15; a rank runs at the driver's priority, or every step waits on it.
+    assert report["niceness"] == os.nice(0)
     assert started.dead() == []
     assert actors_of(started) == [started.actor_name(1)]
 
