@@ -168,6 +168,8 @@ def iter_tensors(
     """
     import torch
 
+    from modelport.executor import ThreadGovernor
+
     names = NameMap(table)
     headers: list[tuple[str, GGUFHeader]] = [(rel, cached_header(path)) for rel, path in files.items()]
     where: dict[str, tuple[GGUFHeader, TensorInfo]] = {}
@@ -175,12 +177,16 @@ def iter_tensors(
         for info in header.tensors:
             where[info.name] = (header, info)
     maps: dict[Path, Any] = {}
+    # Each tensor is a few hundred parallel torch operations: on a machine whose cores are busy, the governor
+    # runs them with fewer threads instead of waiting at every barrier for a descheduled one (the executor's).
+    governor = ThreadGovernor()
 
     def values(name: str, heads: int | None = None) -> Any:
         header, info = where[name]
         if header.path not in maps:
             maps[header.path] = _map_file(header.path)
-        return read_tensor(maps[header.path], info, dtype, str(header.path), heads)
+        mapped = maps[header.path]
+        return governor.run(lambda: read_tensor(mapped, info, dtype, str(header.path), heads))
 
     for _, header in headers:
         for info in header.tensors:

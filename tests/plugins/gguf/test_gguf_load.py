@@ -252,3 +252,14 @@ def test_a_load_imports_no_compiler_machinery(kit_gguf):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_dequantisation_threads_are_governed_and_restored(kit_gguf):
+    """Each tensor is dequantised under the executor's ThreadGovernor, which leaves torch's setting as it was."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loaded = modelport.load(str(kit_gguf("Q4_0")), dtype="float32", skip_tokenizer_init=True)
+        assert loaded.weights.missing == () and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
