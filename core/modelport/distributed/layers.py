@@ -76,17 +76,17 @@ def row_parallel(in_features: int, out_features: int, bias: bool, *, dtype: torc
     return RowParallelLinear(in_features // state.world_size, out_features, bias, dtype=dtype, state=state)
 
 
-class VocabParallelEmbedding(nn.Module):
+class VocabParallelEmbedding(nn.Embedding):
     """An embedding holding rows ``rank * V/N`` to ``(rank + 1) * V/N - 1`` of the vocabulary.
 
     Tokens of other ranks' ranges look up zeros here; one all-reduce assembles every token's row.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, *, dtype: torch.dtype, state: ParallelState) -> None:
-        super().__init__()
         rows = vocab_size // state.world_size
+        # Given its (uninitialised) weight: nn.Embedding's own initialisation is wasted on values a load replaces.
+        super().__init__(rows, hidden_size, _weight=torch.empty(rows, hidden_size, dtype=dtype))
         self.start, self.rows, self.state = state.rank * rows, rows, state
-        self.weight = nn.Parameter(torch.empty(rows, hidden_size, dtype=dtype))
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """The embeddings of ``token_ids`` (``[T]`` -> ``[T, hidden]``), whole on every rank."""
