@@ -12,7 +12,7 @@ from modelport.options import LoadOptions
 from modelport.registry import Registry
 from modelport.types import RegistryEntry
 
-CHECKS = '''
+CHECKS = """
 def present(device):
     return None
 
@@ -23,7 +23,7 @@ def absent(device):
 
 def broken(device):
     return 42
-'''
+"""
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_load_settles_the_device_first_and_records_it_in_its_trace(toy_native, t
     import modelport
 
     loaded = modelport.load(str(toy_model()), device="auto")
-    first = list(loaded.trace)[0]
+    first = next(iter(loaded.trace))
     # Core alone registers only the cpu executor: auto is the CPU.
     assert (first.step, first.plugin, first.decision) == ("device", "modelport", "cpu")
     assert first.reason == "device='auto': no other registered device is present here"
