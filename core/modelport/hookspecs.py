@@ -279,9 +279,13 @@ def modelport_iter_weights(  # type: ignore[empty-body]
 
 @hookspec
 def modelport_register_executors(register: Callable[..., None]) -> None:
-    """Register executor names by device type (``register(name, description="")``).
+    """Register executor names by device type (``register(name, description="", available=None)``).
 
     ``name`` is a device type (``cpu``, ``cuda``); ``modelport plugins`` lists them.
+    ``available`` is an optional ``"module:function"`` string: the function takes a
+    device (``cuda:1``) and returns why it cannot be used here, or ``None`` when it
+    can (see :mod:`modelport.devices`: ``device="auto"`` and the
+    :class:`~modelport.errors.DeviceUnavailableError` before a load).
     """
 
 
@@ -292,7 +296,8 @@ def modelport_create_executor(
     """Create an executor that runs ``model`` on ``device``.
 
     Args:
-        device: the ``device`` option (``cpu``, ``cuda``, ``cuda:1``...).
+        device: the ``device`` option (``cpu``, ``cuda``, ``cuda:1``...) as ``load`` settled it
+            (never ``auto``).
         model: the loaded model (keeps :class:`~modelport.models.protocol.CausalLM`).
         options: the load options.
         loaded: the whole :class:`~modelport.pipeline.LoadedModel` (tokenizer, facts, max_model_len).
