@@ -174,7 +174,7 @@ class RankWorker:
         context = ray.get_runtime_context()
         return {
             "node_id": context.get_node_id(),
-            "ip": ray.util.get_node_ip_address(),
+            "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             "pid": os.getpid(),
             "accelerators": {k: list(v) for k, v in context.get_accelerator_ids().items() if v},
         }
