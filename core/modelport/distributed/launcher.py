@@ -112,6 +112,11 @@ def _process_main() -> None:
     sys.stdin.close()
     _set_parent_death_signal(parent)
     run_worker(job, rank)
+    # Stopped: nothing is left to save, and tearing the interpreter down (torch's modules) takes seconds
+    # the driver's close() would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class LocalProcessLauncher:
