@@ -2,11 +2,17 @@
 
 The launcher must then pack as few nodes as fit (PACK), pin rank 0's bundle to the
 driver's node, place rank 1 on the other node, and give it a rendezvous address other
-nodes can reach (the driver node's address, not 127.0.0.1). The two-rank model still
-matches the single-process one.
+nodes can reach (the driver node's address, not 127.0.0.1); the two-rank model still
+matches the single-process one. MODELPORT_RAY_PLACEMENT_STRATEGY is honoured, and a
+driver process joins the cluster RAY_ADDRESS names and leaves it running.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +21,8 @@ pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face fol
 torch = pytest.importorskip("torch")
 
 from modelport import LLM, SamplingParams  # noqa: E402
+from modelport.distributed.launcher import WorkerJob  # noqa: E402
+from modelport.errors import ExecutorError  # noqa: E402
 from modelport_ray.launcher import RayLauncher  # noqa: E402
 
 OPTIONS = {"dtype": "float32", "skip_tokenizer_init": True}
@@ -67,3 +75,52 @@ def test_two_ranks_on_two_nodes_pack_reach_the_driver_node_and_match_one_process
     assert launcher.dead() == [] or all("died" in line or "returned" in line for line in launcher.dead())
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     assert launcher.actor_name(1) not in names
+
+
+def test_the_strategy_variable_is_honoured_strict_pack_cannot_place_two_ranks_on_one_cpu_nodes(two_nodes, monkeypatch):
+    monkeypatch.setenv("MODELPORT_RAY_PLACEMENT_STRATEGY", "strict_pack")
+    monkeypatch.setenv("MODELPORT_RAY_PLACEMENT_TIMEOUT", "1")
+    launcher = RayLauncher(target=lambda job, rank: None)
+    with pytest.raises(ExecutorError) as raised:
+        launcher.start(WorkerJob("unused", {}, "gloo", "tcp://127.0.0.1:29559", 2))
+    message = str(raised.value)
+    assert "could not place 2 bundles of {'CPU': 1} (STRICT_PACK, bundle 0 on the driver's node" in message
+    assert message.endswith("the cluster has 2 CPU in all and 2 CPU free on 2 node(s): see `ray status`")
+
+
+# A driver process that joins the cluster through RAY_ADDRESS, places two ranks, and shuts down.
+_JOINS_THROUGH_RAY_ADDRESS = """
+import json, time
+import ray
+from modelport.distributed.launcher import WorkerJob
+from modelport_ray.launcher import RayLauncher
+
+def serve(job, rank):
+    time.sleep(120)
+
+launcher = RayLauncher(target=serve)
+launcher.start(WorkerJob("unused", {}, "gloo", "tcp://127.0.0.1:29560", 2))
+seen = {"cluster": launcher.cluster, "strategy": launcher.strategy, "init_method": launcher.init_method}
+seen["driver_node"] = ray.get_runtime_context().get_node_id()
+seen["rank1_node"] = launcher.workers[1]["node_id"]
+launcher.shutdown()
+seen["connected_after"] = ray.is_initialized()
+print(json.dumps(seen))
+"""
+
+
+def test_a_driver_joins_the_cluster_ray_address_names_and_leaves_it_running(two_nodes):
+    env = {**os.environ, "RAY_ADDRESS": two_nodes.address}
+    env.pop("MASTER_ADDR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _JOINS_THROUGH_RAY_ADDRESS], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["cluster"] == f"the Ray cluster at RAY_ADDRESS={two_nodes.address}"
+    assert seen["strategy"] == "PACK" and seen["rank1_node"] != seen["driver_node"]
+    assert seen["init_method"].startswith("tcp://") and "127.0.0.1" not in seen["init_method"]
+    # It disconnected its own connection; the cluster it joined runs on, with nothing of that driver left.
+    assert seen["connected_after"] is False
+    assert len([node for node in ray.nodes() if node["Alive"]]) == 2
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("modelport-")]
