@@ -2,12 +2,13 @@
 
 :class:`CUDAExecutor` is core's :class:`~modelport.executor.CPUExecutor` (the
 same continuous batching, chunked prefill, preemption and per-request failure,
-so the same requests give the same tokens) with three changes:
+so the same requests give the same tokens) with these changes:
 
 * the step's forward (:meth:`CUDAExecutor.run_model`) replays a decode graph
   (:mod:`modelport_cuda.graphs`) when every sequence of the step decodes and a
   graph serves its shape, and runs ``model.forward`` eagerly otherwise;
 * one cache block is kept out of the pool: graph padding rows write there;
+* the :class:`~modelport.executor.ThreadGovernor` is off for a model on a GPU;
 * a logits row that is sampled (or whose logprobs are returned) is copied to
   the host first, where the request's ``torch.Generator`` lives, so a seeded
   request samples what it would on the CPU; greedy rows are chosen on the device.
@@ -72,6 +73,11 @@ class CUDAExecutor(CPUExecutor):
             kv_bytes_per_token=kv_bytes_per_token,
             settings=settings,
         )
+        placed = _model_device(model)
+        if placed is not None and placed.type == "cuda":
+            # The step's work is the GPU's: there is no CPU thread team to shrink, and reading every
+            # thread's schedstat (CUDA starts several) each step would only cost time.
+            self.threads.enabled = False
         #: The block padding rows of a graph write to; no sequence owns it. With one sequence at most
         #: no batch is padded, and none is kept (the pool may be capped at one sequence's blocks).
         self.pad_block = 0
