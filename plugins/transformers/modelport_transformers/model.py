@@ -354,7 +354,9 @@ def _use_modelport_linear(module: Any) -> None:
     The layers keep their class's parameters and names (their class becomes a
     subclass of ``nn.Linear``); only the kernel changes, to the one core's
     native models use (:mod:`modelport.models.linear`), which agrees with
-    ``F.linear`` to float32 rounding and is faster on the CPU.
+    ``F.linear`` to float32 rounding and is faster on the CPU, with a packed
+    copy of the weight for products of many rows
+    (:mod:`modelport_transformers.linear`).
     """
     import torch
 
@@ -362,6 +364,8 @@ def _use_modelport_linear(module: Any) -> None:
         from modelport.models.linear import onednn_linear_works
     except ImportError:  # a core without its own linear kernel
         return
+    from modelport_transformers.linear import core_linear_class
+
     for layer in module.modules():
         if (
             type(layer) is torch.nn.Linear
@@ -369,25 +373,7 @@ def _use_modelport_linear(module: Any) -> None:
             and layer.weight.device.type == "cpu"
             and onednn_linear_works()
         ):
-            layer.__class__ = _core_linear_class()
-
-
-@functools.cache
-def _core_linear_class() -> Any:
-    import torch
-
-    from modelport.models.linear import linear
-
-    class CoreLinear(torch.nn.Linear):
-        """``nn.Linear`` whose forward is core's :func:`modelport.models.linear.linear`, over any leading dimensions."""
-
-        def forward(self, x: Any) -> Any:
-            """``x @ weight.T + bias``."""
-            if x.dim() == 2:
-                return linear(x, self.weight, self.bias)
-            return linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias).reshape(*x.shape[:-1], -1)
-
-    return CoreLinear
+            layer.__class__ = core_linear_class()
 
 
 def _checkpoint_renamer(module: Any, expected: dict[str, Any]) -> Any:
