@@ -201,3 +201,10 @@ def test_read_shard_takes_the_same_rows_from_a_slice_and_from_a_tensor(tmp_path)
             assert torch.equal(halves, expected)
         with pytest.raises(WeightsCorruptError, match=r"'w' of shape \[8, 6\] cannot be split"):
             read_shard("w", handle.get_slice("w"), 0, 3, ParallelState(0, 2))
+
+
+def test_a_worker_job_never_prints_the_access_token():
+    from modelport.distributed.launcher import WorkerJob
+
+    job = WorkerJob("org/private", {"token": "hf_secret123", "tensor_parallel_size": 2}, "gloo", "tcp://h:1", 2)
+    assert "hf_secret123" not in repr(job) and "org/private" in repr(job)

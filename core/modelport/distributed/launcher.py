@@ -31,7 +31,7 @@ class WorkerJob:
     Attributes:
         reference: the model reference, as the driver's ``modelport.load`` got it.
         options: the load options (``modelport.load`` keyword arguments, ``tensor_parallel_size``
-            included); plain picklable values.
+            included); plain picklable values. Left out of the ``repr`` (it may hold ``token``).
         backend: the torch.distributed backend of the model's collectives: ``gloo`` (CPU) or
             ``nccl`` (CUDA).
         init_method: where the driver's rendezvous store listens, ``tcp://HOST:PORT``.
@@ -42,7 +42,7 @@ class WorkerJob:
     """
 
     reference: str
-    options: dict[str, Any]
+    options: dict[str, Any] = field(repr=False)  # may hold the access token: never printed
     backend: str
     init_method: str
     world_size: int
