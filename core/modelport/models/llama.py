@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelport.distributed.layers import VocabParallelEmbedding, all_gather_last, read_shard, read_whole, row_parallel
+from modelport.distributed.state import SINGLE, ParallelState, current
 from modelport.errors import InvalidConfigError
 from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
@@ -114,17 +116,18 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Grouped-query self-attention with rotary positions over a paged KV cache."""
 
-    def __init__(self, shape: DecoderShape, layer: int, dtype: torch.dtype) -> None:
+    def __init__(self, shape: DecoderShape, layer: int, dtype: torch.dtype, parallel: ParallelState = SINGLE) -> None:
         super().__init__()
-        h, d = shape.hidden_size, shape.head_dim
+        h, d, ranks = shape.hidden_size, shape.head_dim, parallel.world_size
         self.layer = layer
-        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, d
+        # Tensor parallelism: this rank's heads only (q, k, v column-parallel; o_proj row-parallel).
+        self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads // ranks, shape.num_kv_heads // ranks, d
         self.window = shape.windows[layer]
         self.scale = d**-0.5
-        self.q_proj = Linear(h, shape.num_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.k_proj = Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.v_proj = Linear(h, shape.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
-        self.o_proj = Linear(shape.num_heads * d, h, bias=shape.o_bias, dtype=dtype)
+        self.q_proj = Linear(h, self.num_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.k_proj = Linear(h, self.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.v_proj = Linear(h, self.num_kv_heads * d, bias=shape.qkv_bias, dtype=dtype)
+        self.o_proj = row_parallel(shape.num_heads * d, h, shape.o_bias, dtype=dtype, state=parallel)
         self.q_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
         self.k_norm = RMSNorm(d, shape.rms_norm_eps, dtype) if shape.qk_norm else None
 
@@ -146,12 +149,13 @@ class Attention(nn.Module):
 class GatedMLP(nn.Module):
     """``down(act(gate(x)) * up(x))``."""
 
-    def __init__(self, shape: DecoderShape, dtype: torch.dtype) -> None:
+    def __init__(self, shape: DecoderShape, dtype: torch.dtype, parallel: ParallelState = SINGLE) -> None:
         super().__init__()
         h, i, bias = shape.hidden_size, shape.intermediate_size, shape.mlp_bias
-        self.gate_proj = Linear(h, i, bias=bias, dtype=dtype)
-        self.up_proj = Linear(h, i, bias=bias, dtype=dtype)
-        self.down_proj = Linear(i, h, bias=bias, dtype=dtype)
+        # Tensor parallelism: gate and up column-parallel, down row-parallel.
+        self.gate_proj = Linear(h, i // parallel.world_size, bias=bias, dtype=dtype)
+        self.up_proj = Linear(h, i // parallel.world_size, bias=bias, dtype=dtype)
+        self.down_proj = row_parallel(i, h, bias, dtype=dtype, state=parallel)
         self.act = ACTIVATIONS[shape.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +224,10 @@ class LlamaForCausalLM(nn.Module):
 
     attention_bias: ClassVar[Literal["config", "qkv", "none"]] = "config"
     mlp_bias_from_config: ClassVar[bool] = True
+    #: Shards over ranks (``tensor_parallel_size``; :mod:`modelport.distributed`).
+    supports_tensor_parallel: ClassVar[bool] = True
+    #: The rank this model is a shard of (``current()`` when it was built).
+    parallel: ParallelState = SINGLE
     qk_norm: ClassVar[bool] = False
     sliding_window: ClassVar[Literal["never", "all", "layer_types"]] = "never"
 
@@ -229,15 +237,19 @@ class LlamaForCausalLM(nn.Module):
         self.shape = self.decoder_shape(hf_config)
         self.dtype = dtype
         self._rotary_embedding: RotaryEmbedding | None = None
+        self.parallel = parallel = current()
         shape = self.shape
         layers = [
-            DecoderLayer(Attention(shape, i, dtype), self.build_mlp(shape, i, dtype), shape, dtype)
+            DecoderLayer(Attention(shape, i, dtype, parallel), self.build_mlp(shape, i, dtype), shape, dtype)
             for i in range(shape.num_layers)
         ]
         self.model = DecoderModel(shape, layers, dtype)
-        self.lm_head = (
-            None if shape.tie_word_embeddings else Linear(shape.hidden_size, shape.vocab_size, False, dtype=dtype)
-        )
+        if parallel.sharded:
+            self.model.embed_tokens = VocabParallelEmbedding(
+                shape.vocab_size, shape.hidden_size, dtype=dtype, state=parallel
+            )
+        vocab = shape.vocab_size // parallel.world_size  # the LM head's rows: this rank's vocabulary range
+        self.lm_head = None if shape.tie_word_embeddings else Linear(shape.hidden_size, vocab, False, dtype=dtype)
 
     # --- building ---------------------------------------------------------------------
 
@@ -255,6 +267,17 @@ class LlamaForCausalLM(nn.Module):
         from modelport.builtin.native import llama_family_unsupported_reason
 
         return llama_family_unsupported_reason(hf_config)
+
+    @classmethod
+    def tensor_parallel_sizes(cls, hf_config: Any) -> dict[str, int]:
+        """The config fields each rank takes an equal slice of (each must divide by ``tensor_parallel_size``)."""
+        s = cls.decoder_shape(hf_config)
+        return {
+            "num_attention_heads": s.num_heads,
+            "num_key_value_heads": s.num_kv_heads,
+            "vocab_size": s.vocab_size,
+            "intermediate_size": s.intermediate_size,
+        }
 
     @classmethod
     def decoder_shape(cls, hf_config: Any) -> DecoderShape:
@@ -316,7 +339,7 @@ class LlamaForCausalLM(nn.Module):
 
     def build_mlp(self, shape: DecoderShape, layer: int, dtype: torch.dtype) -> nn.Module:
         """The MLP of ``layer`` (a gated MLP; a mixture of experts in Mixtral)."""
-        return GatedMLP(shape, dtype)
+        return GatedMLP(shape, dtype, self.parallel)
 
     def _get_rotary(self) -> RotaryEmbedding:
         if self._rotary_embedding is None:
@@ -375,6 +398,31 @@ class LlamaForCausalLM(nn.Module):
         """The pieces ``parameter`` is assembled from (one, ``None``, for an ordinary parameter)."""
         return frozenset({None})
 
+    def weight_shard(self, name: str, target: WeightTarget) -> tuple[int, bool] | None:
+        """How checkpoint tensor ``name`` splits over the ranks: ``(dimension, halves)``, or ``None`` (whole).
+
+        Column-parallel weights and biases split along their rows, row-parallel weights along
+        their columns, the embedding and the LM head along the vocabulary; ``halves`` marks a
+        tensor of two stacked projections, each split alike.
+        """
+        parameter = target.parameter
+        if parameter in ("model.embed_tokens.weight", "lm_head.weight"):
+            return 0, False
+        if parameter.endswith((".o_proj.weight", ".down_proj.weight")):
+            return 1, False
+        if any(f".{p}." in parameter for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            return 0, False
+        return None
+
+    def _shard(self, name: str, tensor: Any, target: WeightTarget, param: torch.Tensor) -> torch.Tensor:
+        """The part of checkpoint tensor ``name`` this rank holds (from a tensor, or a lazy safetensors slice)."""
+        spec = self.weight_shard(name, target) if self.parallel.sharded else None
+        if spec is None:
+            return read_whole(tensor)
+        dim, halves = spec
+        local = (param if target.index is None else param[target.index]).shape[dim] // (2 if halves else 1)
+        return read_shard(name, tensor, dim, local, self.parallel, halves=halves)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> WeightReport:
         """Copy ``(name, tensor)`` pairs into the parameters, converting dtype and device.
 
@@ -398,12 +446,16 @@ class LlamaForCausalLM(nn.Module):
         with torch.no_grad():
             for name, tensor in weights:
                 if name == "lm_head.weight" and self.lm_head is None:
-                    tied_head = tensor  # the same matrix as the embedding: used only if that is absent
+                    # The same matrix as the embedding: used only if that is absent. Read now (this rank's
+                    # rows): a lazy safetensors slice cannot be read once its file is closed.
+                    embed_param = params["model.embed_tokens.weight"]
+                    tied_head = self._shard(name, tensor, WeightTarget("model.embed_tokens.weight"), embed_param)
                     continue
                 target = self.weight_target(name)
                 if target is None or target.parameter not in params:
                     unexpected.append(name)
                     continue
+                tensor = self._shard(name, tensor, target, params[target.parameter])  # whole with one rank
                 check_weight_fits(name, tensor, params[target.parameter], target.index)  # else WeightsCorruptError
                 if not self._fill(params, target, tensor):
                     unexpected.append(name)
@@ -468,8 +520,9 @@ class LlamaForCausalLM(nn.Module):
     def new_kv_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         """A paged cache of ``num_blocks`` blocks of ``block_size`` tokens, in the model's dtype and device."""
         s = self.shape
+        kv_heads = s.num_kv_heads // self.parallel.world_size  # this rank's kv heads
         return PagedKVCache(
-            s.num_layers, num_blocks, block_size, s.num_kv_heads, s.head_dim, dtype=self.dtype, device=self.device
+            s.num_layers, num_blocks, block_size, kv_heads, s.head_dim, dtype=self.dtype, device=self.device
         )
 
     def forward(self, batch: SequenceBatch, kv_cache: PagedKVCache) -> torch.Tensor:
@@ -489,10 +542,11 @@ class LlamaForCausalLM(nn.Module):
             if not batch.all_logits:
                 hidden = hidden[layout.last_token_index]
             hidden = self.model.norm(hidden)
-            if self.lm_head is None:
-                return linear(hidden, self.model.embed_tokens.weight)
-            logits: torch.Tensor = self.lm_head(hidden)
-            return logits
+            logits: torch.Tensor = (
+                linear(hidden, self.model.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
+            )
+            # Tensor parallelism: each rank has its vocabulary range's logits; gather the whole rows.
+            return all_gather_last(logits, self.parallel) if self.parallel.sharded else logits
 
 
 class MistralForCausalLM(LlamaForCausalLM):
