@@ -132,6 +132,7 @@ def test_auto_is_the_cpu_without_a_gpu():
     )
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_is_cuda_where_a_gpu_is_present():
     from modelport.devices import resolve_device
