@@ -27,8 +27,9 @@ operations whatever the number of sequences:
   the keys and values once). In other dtypes
   they are gathered and padded like the longer ones;
 - the longer ones (prefills and prefill chunks): their keys and values
-  gathered from the cache, padded to the longest member, masked, and attended
-  in one SDPA call.
+  gathered from the cache (fresh prefills: the step's own), padded to the
+  longest member, masked (prompts of one length with nothing cached: SDPA's
+  ``is_causal``, no mask), and attended in one SDPA call.
 
 The step travels to the attention function through a context variable that
 :meth:`PagedStep.active` sets around the module's forward; outside it (a plain
@@ -228,6 +229,10 @@ class _Group:
         self.key_index = torch.arange(self.length, device=device)
         blocks = table[members][:, self.key_index // block_size]  # [S, L]
         self.key_slots = (blocks * block_size + self.key_index % block_size).reshape(-1)
+        #: Nothing cached before this step: the keys and values are the step's own, at :attr:`rows`.
+        self.fresh = bool((totals == q_lens).all())
+        #: Fresh and of one length: no padding, the plain causal mask (``is_causal``) serves.
+        self.causal = self.fresh and bool((q_lens == self.width).all())
         self._masks: dict[int | None, torch.Tensor] = {}
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
@@ -382,7 +387,7 @@ def paged_attention(
     else:
         groups = ([step.decode_group()] if decodes is not None else []) + step.groups
     for group in groups:  # at most two: the decoding sequences, then the others
-        dest, attended = _attend_group(group, q, layer_cache, scale, cap, window)
+        dest, attended = _attend_group(group, q, k, v, layer_cache, scale, cap, window)
         if out is None:
             out = q.new_empty(q.shape[0], q.shape[1], attended.shape[2])
         out.index_copy_(0, dest, attended)
@@ -415,22 +420,40 @@ def _attend_decodes(
 
 
 def _attend_group(
-    group: _Group, q: torch.Tensor, cache: PagedKVCache, scale: float, softcap: float | None, window: int | None
+    group: _Group,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: PagedKVCache,
+    scale: float,
+    softcap: float | None,
+    window: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded group's keys and values gathered from the cache, attended in one call: ``(rows, [N, H, Dv])``."""
+    """A padded group attended in one call: ``(rows, [N, H, Dv])``.
+
+    Its keys and values are gathered from the cache, or for fresh prefills
+    (nothing cached before) taken from the step's own ``k`` and ``v``.
+    """
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = cache.num_kv_heads
-    keys, values = cache.read(0, group.key_slots)
+    if group.fresh:
+        keys, values = k.index_select(0, group.rows), v.index_select(0, group.rows)
+    else:
+        keys, values = cache.read(0, group.key_slots)
     keys = keys.view(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
     values = values.view(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
     queries = q.index_select(0, group.rows).view(group.size, group.width, heads, head_dim).transpose(1, 2)
-    mask = group.mask(window)
-    if softcap is None:
+    if softcap is None and group.causal and (window is None or window >= group.width):
         result = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
+            queries, keys, values, is_causal=True, scale=scale, enable_gqa=heads != kv_heads
+        )
+    elif softcap is None:
+        result = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=group.mask(window), scale=scale, enable_gqa=heads != kv_heads
         )
     else:
-        result = _softcapped(queries, keys, values, mask, scale, softcap)
+        assert softcap is not None
+        result = _softcapped(queries, keys, values, group.mask(window), scale, softcap)
     result = result.transpose(1, 2).reshape(group.size * group.width, heads, -1)
     return group.dest, result.index_select(0, group.take)
 
