@@ -32,6 +32,12 @@ unevenly. "same tokens" counts the requests whose generated ids are identical
 on both sides (random weights make near-ties, where another summation order
 picks another token). ``--quick`` is one round of 16 generated tokens, to check
 that the script runs end to end.
+
+Each row also gives the CPU time (user and system, all threads) each side's
+call took, median over the rounds, and their ratio. On a busy machine the wall
+times measure the neighbours as much as the code (a thread descheduled at a
+barrier stalls the others); with ``--threads 1`` the CPU-time ratio is the
+steadier estimate of what a quiet machine would show.
 """
 
 from __future__ import annotations
@@ -154,12 +160,16 @@ def child(approach: str, folder: Path, settings: dict[str, Any]) -> dict[str, An
     }
     for count in settings["concurrency"]:
         batch = prompts(count, settings["prompt_len"], seed=count)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         generated = run(batch, gen)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if any(len(ids) != gen for ids in generated):
             raise SystemExit(f"{approach} generated {sorted({len(ids) for ids in generated})} tokens, not {gen}")
-        results["runs"][str(count)] = {"seconds": seconds, "digests": [_digest(ids) for ids in generated]}
+        results["runs"][str(count)] = {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "digests": [_digest(ids) for ids in generated],
+        }
     return results
 
 
@@ -194,7 +204,8 @@ def _table(runs: dict[str, list[dict[str, Any]]], settings: dict[str, Any]) -> l
         f"float32: generated tokens/s, median of {len(runs['modelport'])} run(s); "
         f"prompt {settings['prompt_len']} + {gen} generated tokens per request; "
         f"{runs['modelport'][0]['threads']} torch thread(s); modelport served by {runs['modelport'][0]['served_by']}",
-        f"  {'N':>3} {'transformers':>13} {'modelport':>10} {'modelport/transformers':>23} {'same tokens':>12}",
+        f"  {'N':>3} {'transformers':>13} {'modelport':>10} {'modelport/transformers':>23} {'same tokens':>12} "
+        f"{'CPU s transformers / modelport':>31} {'CPU-time ratio':>15}",
     ]
     for count in settings["concurrency"]:
         key = str(count)
@@ -202,11 +213,17 @@ def _table(runs: dict[str, list[dict[str, Any]]], settings: dict[str, Any]) -> l
             approach: statistics.median(count * gen / run["runs"][key]["seconds"] for run in measured)
             for approach, measured in runs.items()
         }
+        cpu = {
+            approach: statistics.median(run["runs"][key]["cpu_seconds"] for run in measured)
+            for approach, measured in runs.items()
+        }
         theirs, ours = (runs[approach][0]["runs"][key]["digests"] for approach in APPROACHES)
         same = sum(a == b for a, b in zip(theirs, ours, strict=True))
+        spent = f"{cpu['transformers']:.2f} / {cpu['modelport']:.2f}"
         lines.append(
             f"  {count:>3} {rate['transformers']:>13.1f} {rate['modelport']:>10.1f} "
-            f"{rate['modelport'] / rate['transformers']:>22.2f}x {f'{same}/{count}':>12}"
+            f"{rate['modelport'] / rate['transformers']:>22.2f}x {f'{same}/{count}':>12} "
+            f"{spent:>31} {cpu['transformers'] / cpu['modelport']:>14.2f}x"
         )
     return lines
 
