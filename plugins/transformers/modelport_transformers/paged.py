@@ -16,16 +16,16 @@ slots, the masks) is computed once per step, as tensors, by :class:`PagedStep`
 and shared by every layer; the layers then run a fixed number of tensor
 operations whatever the number of sequences:
 
-- the single-token (decoding) sequences, in float32, as sparse products over
-  the cache pool itself (:class:`_Decodes`): the scores of each query against
+- the single-token (decoding) sequences, in float32 on the CPU, as sparse products
+  over the cache pool itself (:class:`_Decodes`): the scores of each query against
   the pool rows holding its sequence's keys (``torch.sparse.sampled_addmm``),
   a softmax over each query's entries, and the values at the same rows summed
   with those weights (``F.embedding_bag``). Nothing is gathered, padded or
   masked; on a 32-sequence decode step of a 100M GPT-NeoX (one thread) this
   took the attention from about 60 of the step's 160 ms of CPU time to about
   38 of 135 (gathering and SDPA's per-head products cost more than reading
-  the keys and values once). In other dtypes
-  they are gathered and padded like the longer ones;
+  the keys and values once). In other dtypes and on other devices they are
+  gathered and padded like the longer ones;
 - the longer ones (prefills and prefill chunks): their keys and values
   gathered from the cache (fresh prefills: the step's own), padded to the
   longest member, masked (prompts of one length with nothing cached: SDPA's
@@ -462,12 +462,12 @@ def _attend_group(
 def sparse_decode_works(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether decoding queries are attended through sparse products for a cache of ``dtype`` on ``device``.
 
-    Float32 only (lower precisions keep SDPA, which accumulates in float32),
-    and only where the three operators exist and agree with dense attention on
-    a small probe; anywhere else the decodes are gathered and padded like the
-    longer sequences.
+    Float32 on the CPU only (lower precisions keep SDPA, which accumulates in
+    float32; other devices keep the path measured there), and only where the
+    three operators exist and agree with dense attention on a small probe;
+    anywhere else the decodes are gathered and padded like the longer sequences.
     """
-    if dtype != torch.float32:
+    if dtype != torch.float32 or device.type != "cpu":
         return False
     try:
         generator = torch.Generator().manual_seed(0)

@@ -106,8 +106,9 @@ def test_the_gathered_padded_path_gives_the_same_logits_where_sparse_products_ca
     assert (gathered - sparse).abs().max() < 1e-4
 
 
-def test_sparse_decodes_serve_float32_only():
+def test_sparse_decodes_serve_float32_on_the_cpu_only():
     cpu = torch.device("cpu")
     assert paged.sparse_decode_works(torch.float32, cpu)
     assert not paged.sparse_decode_works(torch.bfloat16, cpu)
     assert not paged.sparse_decode_works(torch.float16, cpu)
+    assert not paged.sparse_decode_works(torch.float32, torch.device("meta"))
