@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face folders")
 torch = pytest.importorskip("torch")
 
-from tp_harness import TP_MODELS, PagedSteps, alive, wait_gone, write_tp_model  # noqa: E402
+from tp_harness import TP_MODELS, alive, logit_parity, wait_gone, write_tp_model  # noqa: E402
 
 from modelport import LLM, SamplingParams  # noqa: E402
 from modelport.distributed.driver import ShardedModel  # noqa: E402
@@ -52,17 +52,7 @@ def test_the_sharded_model_is_the_native_class_split_in_two(pair):
 
 
 def test_float32_logits_match_the_single_process_model_within_1e_5(pair):
-    single = PagedSteps(pair["single"].loaded.model)
-    sharded = PagedSteps(pair["sharded"].loaded.model)
-    work = dict(enumerate(PROMPTS))
-    expected, got = single.step(work, all_logits=True), sharded.step(work, all_logits=True)
-    assert got.shape == expected.shape == (sum(map(len, PROMPTS)), 384)  # whole rows: the LM head gathered
-    worst = (got - expected).abs().max().item()
-    for step in range(4):  # decode steps over the paged cache, each rank holding its kv heads
-        tokens = {seq: [int(t)] for seq, t in enumerate(expected[-len(PROMPTS) :].argmax(-1))} if step else None
-        tokens = tokens or {seq: [7 + seq] for seq in work}
-        expected, got = single.step(tokens), sharded.step(tokens)
-        worst = max(worst, (got - expected).abs().max().item())
+    worst, expected = logit_parity(pair["single"].loaded.model, pair["sharded"].loaded.model, PROMPTS, 4)
     assert worst < 1e-5, f"{pair['arch']}: logits differ by {worst:.2e}"
     assert expected.abs().max().item() > 0.1  # a real comparison: the logits are not all near zero
 

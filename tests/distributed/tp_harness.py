@@ -76,3 +76,24 @@ class PagedSteps:
         )
         with torch.inference_mode():
             return self.model.forward(batch, self.cache)
+
+
+def logit_parity(
+    single_model: Any, sharded_model: Any, prompts: list[list[int]], decode_steps: int
+) -> tuple[float, Any]:
+    """The largest logit difference between two models over one prefill and ``decode_steps`` decode steps.
+
+    Returns the difference and the single-process model's last logits (so a caller can check they are not
+    all near zero). The prefill's rows must be whole: the sharded LM head gathered every vocabulary slice.
+    """
+    single, sharded = PagedSteps(single_model), PagedSteps(sharded_model)
+    work = dict(enumerate(prompts))
+    expected, got = single.step(work, all_logits=True), sharded.step(work, all_logits=True)
+    assert got.shape == expected.shape == (sum(map(len, prompts)), 384)  # whole rows: the LM head gathered
+    worst = (got - expected).abs().max().item()
+    for step in range(decode_steps):  # decode steps over the paged cache, each rank holding its kv heads
+        tokens = {seq: [int(t)] for seq, t in enumerate(expected[-len(prompts) :].argmax(-1))} if step else None
+        tokens = tokens or {seq: [7 + seq] for seq in work}
+        expected, got = single.step(tokens), sharded.step(tokens)
+        worst = max(worst, (got - expected).abs().max().item())
+    return worst, expected

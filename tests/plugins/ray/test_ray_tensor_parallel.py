@@ -78,17 +78,9 @@ def test_rank_1_is_a_ray_actor_on_the_models_placement_group(pair):
 
 
 def test_float32_logits_match_the_single_process_model_within_1e_5(pair):
-    single = pair["harness"].PagedSteps(pair["single"].loaded.model)
-    sharded = pair["harness"].PagedSteps(pair["sharded"].loaded.model)
-    work = dict(enumerate(PROMPTS))
-    expected, got = single.step(work, all_logits=True), sharded.step(work, all_logits=True)
-    assert got.shape == expected.shape == (sum(map(len, PROMPTS)), 384)
-    worst = (got - expected).abs().max().item()
-    for step in range(3):  # decode steps over the paged cache, each rank holding its kv heads
-        tokens = {seq: [int(t)] for seq, t in enumerate(expected[-len(PROMPTS) :].argmax(-1))} if step else None
-        tokens = tokens or {seq: [7 + seq] for seq in work}
-        expected, got = single.step(tokens), sharded.step(tokens)
-        worst = max(worst, (got - expected).abs().max().item())
+    worst, expected = pair["harness"].logit_parity(
+        pair["single"].loaded.model, pair["sharded"].loaded.model, PROMPTS, 3
+    )
     assert worst < 1e-5, f"{pair['arch']}: logits differ by {worst:.2e}"
     assert expected.abs().max().item() > 0.1  # a real comparison: the logits are not all near zero
 
