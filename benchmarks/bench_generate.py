@@ -218,6 +218,12 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
             works = getattr(native_linear, "packed_linear_works", None)  # absent before packed weights
             if works is not None and dtype != "float32" and works(getattr(torch, dtype)):
                 kernel = "mkldnn._linear_pointwise, packed weights, q/k/v and gate/up stacked"
+            native_bf16 = getattr(native_linear, "bfloat16_kernels", None)  # absent before the upcast path
+            if native_bf16 is not None and dtype == "bfloat16" and not native_bf16():
+                kernel = (
+                    f"F.linear under {native_linear.UPCAST_MIN_ROWS} rows, else float32 products of the weights"
+                    " upcast chunk by chunk, q/k/v and gate/up stacked"
+                )
 
         def run(batch: list[list[int]], new_tokens: int, start: float) -> tuple[list[list[int]], list[float]]:
             # What llm.generate does (add every request, step until done), watching each request's first token.

@@ -26,6 +26,25 @@ several layers that read the same input (q, k and v; gate and up) in one
 product over their weights stacked by rows, packed together the same way.
 The results equal ``F.linear``'s (the same oneDNN kernel).
 
+Where the CPU has no bfloat16 kernels for oneDNN (x86 without AVX-512 or
+AMX: torch's ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is false, and
+oneDNN refuses to pack bfloat16 weights), ``F.linear`` in bfloat16 falls back
+to ATen's own kernel, which costs about as much per row as a whole
+matrix-vector product: about 8 GFLOP/s a core, against 35 to 45 for a float32
+product (MKL's sgemm) on the AVX2 AMD EPYC development machine. So bfloat16
+products of at least :data:`UPCAST_MIN_ROWS` rows there convert the weight
+to float32 :data:`UPCAST_CHUNK` elements at a time into one reused buffer
+(8 MiB per thread that multiplies), multiply each chunk in float32, and round
+the output to bfloat16 once: 2x to 7x faster than ``F.linear`` from 8 rows on
+(see benchmarks/README.md, "bench_linear.py"). No float32 copy of the weights
+is kept. Fewer rows stay with ``F.linear``, whose per-row product reads the
+bfloat16 weight once and beats converting it (a kept float32 copy is slower
+there too: it reads twice the bytes). :func:`stacked_linear` stacks the
+layers' weights into the same buffer, so one product serves q, k and v, and
+gate and up, at no memory cost. The products of the exact bfloat16 values are
+summed in float32, as ``F.linear``'s kernel does, in another order: results
+agree with ``F.linear``'s within one bfloat16 rounding.
+
 These operators are private. Each is tried once per process and dtype on a
 small input against ``F.linear``; where one is missing, fails or disagrees,
 and for anything else (other devices, inputs that need gradients),
@@ -36,6 +55,7 @@ to float32 rounding (a different summation order).
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Sequence
 
@@ -47,6 +67,27 @@ from torch import nn
 PACKED_MAX_ROWS = 256
 
 _PACKED_DTYPES = (torch.bfloat16, torch.float16)
+
+#: Rows of input from which bfloat16 products upcast the weight to float32 where the CPU has no bfloat16 kernels.
+UPCAST_MIN_ROWS = 4
+
+#: Weight elements the upcast path converts to float32 at a time (2M: an 8 MiB float32 buffer per thread).
+UPCAST_CHUNK = 2 * 1024 * 1024
+
+
+@functools.cache
+def bfloat16_kernels() -> bool:
+    """Whether oneDNN has bfloat16 kernels for this CPU (x86: AVX-512 or AMX), as torch reports it.
+
+    Where torch cannot say (an older torch), this is true: bfloat16 products keep ``F.linear``.
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is None:
+        return True
+    try:
+        return bool(check())
+    except Exception:  # a private operator's failure: keep the behaviour that does not depend on it
+        return True
 
 
 @functools.cache
@@ -128,6 +169,77 @@ def _packed_for(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor |
     return made
 
 
+def _upcasts(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the product of ``x`` and ``weight`` converts the bfloat16 weight to float32 (see above)."""
+    return (
+        x.dtype is torch.bfloat16
+        and weight.dtype is torch.bfloat16
+        and x.dim() == 2
+        and weight.dim() == 2
+        and x.shape[0] >= UPCAST_MIN_ROWS
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not bfloat16_kernels()
+    )
+
+
+_scratch = threading.local()
+
+
+def _upcast_buffer(elements: int) -> torch.Tensor:
+    """A float32 buffer of at least ``elements`` elements, one per thread, reused from call to call."""
+    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < elements:
+        with torch.inference_mode(False), torch.no_grad():  # writable in and out of inference mode
+            buffer = torch.empty(elements, dtype=torch.float32)
+        _scratch.buffer = buffer
+    return buffer
+
+
+def _upcast_product(
+    x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None]
+) -> torch.Tensor:
+    """``x`` times ``weights`` stacked by rows, plus their biases, in float32 a chunk of weight rows at a time.
+
+    Each chunk of the stacked weights is converted into this thread's buffer and multiplied by ``x``
+    in float32; the output is rounded to ``x.dtype`` once. ``[T, sum of the weights' rows]``.
+    """
+    features = int(x.shape[1])
+    sizes = [int(w.shape[0]) for w in weights]
+    total = sum(sizes)
+    step = max(1, UPCAST_CHUNK // max(features, 1))
+    buffer = _upcast_buffer(min(total, step) * features)
+    x32 = x.float()
+    bias32 = None
+    if any(b is not None for b in biases):
+        bias32 = torch.cat(
+            [
+                b.float() if b is not None else torch.zeros(size, dtype=torch.float32)
+                for b, size in zip(biases, sizes, strict=True)
+            ]
+        )
+    out = None if total <= step else torch.empty(x.shape[0], total, dtype=x.dtype)
+    for begin in range(0, total, step):
+        end = min(total, begin + step)
+        chunk = buffer[: (end - begin) * features].view(end - begin, features)
+        first = 0
+        for weight, size in zip(weights, sizes, strict=True):  # the weights' rows in [begin, end)
+            low, high = max(begin, first), min(end, first + size)
+            if low < high:
+                chunk[low - begin : high - begin].copy_(weight[low - first : high - first])
+            first += size
+        if bias32 is None:
+            product = torch.mm(x32, chunk.t())
+        else:
+            product = torch.addmm(bias32[begin:end], x32, chunk.t())
+        if out is None:
+            return product.to(x.dtype)
+        out[:, begin:end].copy_(product)
+    assert out is not None
+    return out
+
+
 def _packs(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the product of ``x`` and ``weight`` uses a packed copy of the weight."""
     return (
@@ -144,6 +256,8 @@ def _packs(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for a 2D ``x``, through oneDNN on the CPU where it works (see above)."""
+    if _upcasts(x, weight) and (bias is None or bias.dtype is x.dtype):
+        return _upcast_product(x, (weight,), (bias,))
     if _packs(x, weight) and (bias is None or bias.dtype is x.dtype):
         packed = _packed_for((weight,), (bias,))
         result: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
@@ -166,16 +280,29 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def stacked_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.Tensor, ...]:
-    """``tuple(layer(x) for layer in layers)``, in one product where the weights are packed (see above).
+    """``tuple(layer(x) for layer in layers)``, in one product where the weights are packed or upcast (see above).
 
     ``layers`` are linear layers reading the same ``x`` (``[T, in_features]``), say q, k and v. Where they
     are all plain :class:`Linear` layers of one dtype and :func:`linear` would use packed weights for
     them, their weights are stacked by rows and packed once, and one product gives every output (views
-    of its columns); otherwise each layer runs on its own.
+    of its columns); where :func:`linear` would upcast them, they are stacked in the upcast buffer the
+    same way; otherwise each layer runs on its own.
     """
     weights = [getattr(layer, "weight", None) for layer in layers]
     if len(layers) > 1 and all(type(layer).forward is Linear.forward for layer in layers):
         first = weights[0]
+        if (
+            isinstance(first, torch.Tensor)
+            and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
+            and _upcasts(x, first)
+        ):
+            tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+            biases = [getattr(layer, "bias", None) for layer in layers]
+            if all(w.shape[1] == x.shape[1] for w in tensors) and all(
+                b is None or (isinstance(b, torch.Tensor) and b.dtype is x.dtype) for b in biases
+            ):
+                stacked = _upcast_product(x, tensors, biases)
+                return tuple(torch.split(stacked, [int(w.shape[0]) for w in tensors], dim=-1))
         if (
             isinstance(first, torch.Tensor)
             and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
