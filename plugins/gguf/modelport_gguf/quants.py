@@ -191,6 +191,201 @@ def _dq_iq4_xs(b: torch.Tensor, y: torch.Tensor) -> None:
     y.view(n, 8, 32).mul_((d * sc.to(torch.float32)).reshape(n, 8, 1))
 
 
+# The IQ types below look their values up in ggml's grids (iq2xxs_grid and the like: a few thousand
+# constants). Those tables are data, taken at first use from gguf-py's ``gguf.quants`` (a dependency of this
+# plugin: ``<TYPE>.init_grid()`` unpacks its ``grid``), and cached as float32 tensors. The sign patterns are
+# folded into the grid: row ``g * S + s`` of a signed grid is grid row ``g`` with the elements negated whose
+# bit is set in sign pattern ``s``. Negation is exact and commutes with the rounding of a product, so
+# ``(grid * sign) * scale`` is bit-identical to gguf-py's ``scale * grid * sign``, and each block is one
+# gather into the output and one in-place scaling.
+
+#: ggml's ksigns_iq2xs: a 7-bit sign index with its parity as the eighth bit (an even number of negations).
+_KSIGNS = [i | ((bin(i).count("1") & 1) << 7) for i in range(128)]
+
+
+def _grid(type_name: str) -> torch.Tensor:
+    """``type_name``'s value grid from gguf-py, ``[rows, width]`` float32."""
+    key = f"grid-{type_name}"
+    if key not in _CONSTANTS:
+        import gguf.quants
+
+        quant = getattr(gguf.quants, type_name, None)
+        if quant is None or not hasattr(quant, "init_grid"):
+            version = getattr(gguf, "__version__", "unknown")
+            raise RuntimeError(
+                f"ggml type {type_name} needs its value grid from gguf-py (gguf.quants.{type_name}.init_grid), "
+                f"which the installed gguf {version} does not provide; upgrade gguf"
+            )
+        quant.init_grid()
+        rows, width = quant.grid_shape
+        _CONSTANTS[key] = torch.as_tensor(quant.grid, dtype=torch.float32).reshape(rows, width).clone()
+    return _CONSTANTS[key]
+
+
+def _signed_grid(type_name: str, patterns: list[int]) -> torch.Tensor:
+    """Every row of ``type_name``'s grid under every sign pattern, ``[rows * len(patterns), width]``.
+
+    Row ``g * len(patterns) + s`` is grid row ``g`` with element ``k`` negated where bit ``k`` of ``patterns[s]``
+    is set.
+    """
+    key = f"signed-{type_name}"
+    if key not in _CONSTANTS:
+        grid = _grid(type_name)
+        width = grid.shape[1]
+        bits = (torch.tensor(patterns, dtype=torch.int32).reshape(-1, 1) >> torch.arange(width)) & 1
+        flips = 1.0 - 2.0 * bits.to(torch.float32)
+        _CONSTANTS[key] = (grid.unsqueeze(1) * flips.unsqueeze(0)).reshape(-1, width)
+    return _CONSTANTS[key]
+
+
+def _shifted_grid(type_name: str, delta: float) -> torch.Tensor:
+    """An IQ1 grid plus its offset, ``[2 * rows, width]``.
+
+    Row ``2 g`` is grid row ``g`` + ``delta``, row ``2 g + 1`` is grid row ``g`` - ``delta`` (sums of small
+    multiples of powers of two: exact).
+    """
+    key = f"shifted-{type_name}"
+    if key not in _CONSTANTS:
+        grid = _grid(type_name)
+        offsets = torch.tensor([delta, -delta], dtype=torch.float32).reshape(1, 2, 1)
+        _CONSTANTS[key] = (grid.unsqueeze(1) + offsets).reshape(-1, grid.shape[1])
+    return _CONSTANTS[key]
+
+
+def _u16(raw: torch.Tensor) -> torch.Tensor:
+    """``[n, 2 k]`` bytes -> ``[n, k]`` little-endian 16-bit words, as int32 (no alignment needed)."""
+    pairs = raw.reshape(raw.shape[0], -1, 2).to(torch.int32)
+    return pairs[..., 0] | (pairs[..., 1] << 8)
+
+
+def _u32(raw: torch.Tensor) -> torch.Tensor:
+    """``[n, 4 k]`` bytes -> ``[n, k]`` little-endian 32-bit words, as int64 (no alignment needed)."""
+    quads = raw.reshape(raw.shape[0], -1, 4).to(torch.int64)
+    return quads[..., 0] | (quads[..., 1] << 8) | (quads[..., 2] << 16) | (quads[..., 3] << 24)
+
+
+def _ksign_indices(words: torch.Tensor) -> torch.Tensor:
+    """The four 7-bit sign indices in the low 28 bits of each 32-bit word: ``[n, k]`` -> ``[n, k, 4]``."""
+    return (words.unsqueeze(-1) >> _const("s7", [0, 7, 14, 21], (1, 1, 4), torch.int64)) & 0x7F
+
+
+def _dq_iq2_xxs(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, then 8 groups of 32 values: 4 grid indices (bytes), then a word of four 7-bit sign indices and a 4-bit scale.
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    groups = b[:, 2:].reshape(n, 8, 8)
+    words = _u32(groups[:, :, 4:].reshape(n, 32))  # [n, 8]
+    db = d * ((words >> 28).to(torch.float32) + 0.5) * 0.25
+    idx = groups[:, :, :4].to(torch.int64) * 128 + _ksign_indices(words)
+    torch.index_select(_signed_grid("IQ2_XXS", _KSIGNS), 0, idx.reshape(-1), out=y.view(-1, 8))
+    y.view(n, 8, 32).mul_(db.reshape(n, 8, 1))
+
+
+def _dq_iq2_xs(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, 32 words (9-bit grid index, 7-bit sign index), 16 4-bit scales (one per 16 values).
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    qs = _u16(b[:, 2:66])
+    db = d * (_nibbles(b[:, 66:74], n, 8, 1).to(torch.float32) + 0.5) * 0.25
+    idx = (qs & 511) * 128 + (qs >> 9)
+    torch.index_select(_signed_grid("IQ2_XS", _KSIGNS), 0, idx.reshape(-1), out=y.view(-1, 8))
+    y.view(n, 16, 16).mul_(db.reshape(n, 16, 1))
+
+
+def _dq_iq2_s(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, 32 low index bytes, 32 sign bytes (one bit per value), 2 high index bits per index, 16 4-bit scales.
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    high = (b[:, 66:74].reshape(n, 8, 1) >> _const("s0246c", [0, 2, 4, 6], (1, 1, 4))) & 3
+    grid_idx = b[:, 2:34].to(torch.int32) | (high.reshape(n, 32).to(torch.int32) << 8)
+    db = d * (_nibbles(b[:, 74:82], n, 8, 1).to(torch.float32) + 0.5) * 0.25
+    idx = grid_idx * 256 + b[:, 34:66].to(torch.int32)
+    torch.index_select(_signed_grid("IQ2_S", list(range(256))), 0, idx.reshape(-1), out=y.view(-1, 8))
+    y.view(n, 16, 16).mul_(db.reshape(n, 16, 1))
+
+
+def _dq_iq3_xxs(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, 64 grid indices (4 values each), 8 words of four 7-bit sign indices and a 4-bit scale (one per 32 values).
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    words = _u32(b[:, 66:98])  # [n, 8]
+    db = d * ((words >> 28).to(torch.float32) + 0.5) * 0.5
+    signs = _const("ksigns", _KSIGNS, (128,), torch.int64)[_ksign_indices(words)]  # [n, 8, 4], 8 values each
+    halves = (signs.unsqueeze(-1) >> _const("s04d", [0, 4], (1, 1, 1, 2), torch.int64)) & 0x0F  # 4 values each
+    idx = b[:, 2:66].to(torch.int64) * 16 + halves.reshape(n, 64)
+    torch.index_select(_signed_grid("IQ3_XXS", list(range(16))), 0, idx.reshape(-1), out=y.view(-1, 4))
+    y.view(n, 8, 32).mul_(db.reshape(n, 8, 1))
+
+
+def _dq_iq3_s(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, 64 low index bytes, 64 high index bits, 32 sign bytes (one bit per value), 8 4-bit scales.
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    grid_idx = b[:, 2:66].to(torch.int32) | (_bits(b[:, 66:74], n).to(torch.int32) << 8)
+    db = d * (_nibbles(b[:, 106:110], n, 4, 1) * 2 + 1).to(torch.float32)
+    halves = _nibbles(b[:, 74:106], n, 32, 1)  # the signs of each grid row's 4 values
+    idx = grid_idx * 16 + halves.to(torch.int32)
+    torch.index_select(_signed_grid("IQ3_S", list(range(16))), 0, idx.reshape(-1), out=y.view(-1, 4))
+    y.view(n, 8, 32).mul_(db.reshape(n, 8, 1))
+
+
+_IQ1_DELTA = 0.125
+
+
+def _dq_iq1_s(b: torch.Tensor, y: torch.Tensor) -> None:
+    # d, 32 low index bytes, 8 words: four 3-bit high index parts, a 3-bit scale and the offset's sign bit.
+    n = b.shape[0]
+    d = _f16(b[:, :2])
+    qh = _u16(b[:, 34:50])  # [n, 8]
+    dl = d * (((qh >> 12) & 7) * 2 + 1).to(torch.float32)
+    high = (qh.unsqueeze(-1) >> _const("s0369", [0, 3, 6, 9], (1, 1, 4), torch.int32)) & 7
+    grid_idx = b[:, 2:34].reshape(n, 8, 4).to(torch.int32) | (high << 8)
+    idx = grid_idx * 2 + (qh >> 15).unsqueeze(-1)
+    torch.index_select(_shifted_grid("IQ1_S", _IQ1_DELTA), 0, idx.reshape(-1), out=y.view(-1, 8))
+    y.view(n, 8, 32).mul_(dl.reshape(n, 8, 1))
+
+
+def _dq_iq1_m(b: torch.Tensor, y: torch.Tensor) -> None:
+    # 32 low index bytes, 32 nibbles (3 high index bits, the offset's sign), 4 words of four 3-bit scales whose
+    # top nibbles together are the float16 d.
+    n = b.shape[0]
+    words = _u16(b[:, 48:56])  # [n, 4]
+    d_bits = words & 0xF000
+    d_bits = (d_bits[:, 0] >> 12) | (d_bits[:, 1] >> 8) | (d_bits[:, 2] >> 4) | d_bits[:, 3]
+    d_bits = d_bits - ((d_bits & 0x8000) << 1)  # as a signed 16-bit integer
+    d = d_bits.to(torch.int16).view(torch.float16).to(torch.float32).reshape(n, 1)
+    scales = (words.unsqueeze(-1) >> _const("s0369", [0, 3, 6, 9], (1, 1, 4), torch.int32)) & 7
+    dl = d * (scales.reshape(n, 16) * 2 + 1).to(torch.float32)
+    qh = (b[:, 32:48].reshape(n, 16, 1) >> _const("s04c", [0, 4], (1, 1, 2))).reshape(n, 32)
+    grid_idx = b[:, :32].to(torch.int32) | ((qh & 7).to(torch.int32) << 8)
+    idx = grid_idx * 2 + ((qh >> 3) & 1).to(torch.int32)
+    torch.index_select(_shifted_grid("IQ1_M", _IQ1_DELTA), 0, idx.reshape(-1), out=y.view(-1, 8))
+    y.view(n, 16, 16).mul_(dl.reshape(n, 16, 1))
+
+
+def _trits(packed: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """Base-3 digits of TQ1_0's bytes: each byte times each power of 3 (wrapping, as uint8), its top trit."""
+    return ((packed.unsqueeze(1) * powers).to(torch.int16) * 3) >> 8
+
+
+def _dq_tq1_0(b: torch.Tensor, y: torch.Tensor) -> None:
+    # 48 bytes of five trits, 4 bytes of four trits, d; each trit is a value + 1.
+    n = b.shape[0]
+    powers = _const("pow3", [1, 3, 9, 27, 81], (1, 5, 1))
+    out = y.view(n, 256)
+    out[:, :160].view(n, 5, 32).copy_(_trits(b[:, :32], powers))
+    out[:, 160:240].view(n, 5, 16).copy_(_trits(b[:, 32:48], powers))
+    out[:, 240:].view(n, 4, 4).copy_(_trits(b[:, 48:52], powers[:, :4]))
+    y.sub_(1).mul_(_f16(b[:, 52:54]))
+
+
+def _dq_tq2_0(b: torch.Tensor, y: torch.Tensor) -> None:
+    # 64 bytes of four 2-bit codes (value + 1), then d.
+    n = b.shape[0]
+    y.copy_(((b[:, :64].reshape(n, 2, 1, 32) >> _const("s0246", [0, 2, 4, 6], (1, 1, 4, 1))) & 3).reshape(n, 256))
+    y.sub_(1).mul_(_f16(b[:, 64:66]))
+
+
 #: ggml type name -> block dequantiser, for every quantised type this plugin reads.
 BLOCK_DEQUANTISERS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {
     "Q4_0": _dq_q4_0,
@@ -205,6 +400,15 @@ BLOCK_DEQUANTISERS: dict[str, Callable[[torch.Tensor, torch.Tensor], None]] = {
     "Q6_K": _dq_q6_k,
     "IQ4_NL": _dq_iq4_nl,
     "IQ4_XS": _dq_iq4_xs,
+    "IQ2_XXS": _dq_iq2_xxs,
+    "IQ2_XS": _dq_iq2_xs,
+    "IQ2_S": _dq_iq2_s,
+    "IQ3_XXS": _dq_iq3_xxs,
+    "IQ3_S": _dq_iq3_s,
+    "IQ1_S": _dq_iq1_s,
+    "IQ1_M": _dq_iq1_m,
+    "TQ1_0": _dq_tq1_0,
+    "TQ2_0": _dq_tq2_0,
 }
 #: Unquantised ggml types -> the torch dtype their bytes hold.
 PLAIN_TYPES: dict[str, torch.dtype] = {

@@ -167,19 +167,21 @@ def test_an_unsupported_tensor_type_is_a_typed_error_naming_tensor_and_type(tmp_
 
     from modelport_gguf.weights import UnsupportedTensorTypeError
 
-    path = tmp_path / "iq.gguf"
+    path = tmp_path / "q8k.gguf"
     writer = GGUFWriter(path, "llama")
     for key, value in [("block_count", 1), ("embedding_length", 256), ("feed_forward_length", 256)]:
         writer.add_uint32(f"llama.{key}", value)
     writer.add_uint32("llama.attention.head_count", 4)
     writer.add_uint32("llama.context_length", 64)
-    writer.add_tensor("token_embd.weight", np.zeros((32, 66), dtype=np.uint8), raw_dtype=GGMLQuantizationType.IQ2_XXS)
+    # Q8_K is ggml's intermediate type for dot products, which gguf-py cannot dequantise either
+    writer.add_tensor("token_embd.weight", np.zeros((32, 292), dtype=np.uint8), raw_dtype=GGMLQuantizationType.Q8_K)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UnsupportedTensorTypeError, match=r"tensor 'token_embd\.weight' is of ggml type IQ2_XXS"):
+    with pytest.raises(UnsupportedTensorTypeError, match=r"tensor 'token_embd\.weight' is of ggml type Q8_K") as caught:
         modelport.load(str(path), skip_tokenizer_init=True)
+    assert "IQ2_XXS" in str(caught.value) and "TQ2_0" in str(caught.value)  # the supported types are listed
 
 
 def test_an_unknown_architecture_names_the_registered_tables(tmp_path):
