@@ -150,6 +150,7 @@ def test_bfloat16_linear_without_bfloat16_kernels_matches_f_linear(rows, monkeyp
     bias = torch.randn(40, generator=generator).bfloat16()
     with torch.no_grad():
         got = linear(x, weight, bias)
+        assert got.shape == (rows, 40) and got.is_contiguous()
         if rows < linear_module.UPCAST_MIN_ROWS:
             assert torch.equal(got, F.linear(x, weight, bias))
         else:

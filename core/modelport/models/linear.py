@@ -203,14 +203,15 @@ def _upcast_product(
     """``x`` times ``weights`` stacked by rows, plus their biases, in float32 a chunk of weight rows at a time.
 
     Each chunk of the stacked weights is converted into this thread's buffer and multiplied by ``x``
-    in float32; the output is rounded to ``x.dtype`` once. ``[T, sum of the weights' rows]``.
+    in float32, straight into its rows of the transposed float32 output (no copy per chunk); the
+    output is rounded to ``x.dtype`` once, ``[T, sum of the weights' rows]``, contiguous.
     """
     features = int(x.shape[1])
     sizes = [int(w.shape[0]) for w in weights]
     total = sum(sizes)
     step = max(1, UPCAST_CHUNK // max(features, 1))
     buffer = _upcast_buffer(min(total, step) * features)
-    x32 = x.float()
+    x32t = x.float().t()
     bias32 = None
     if any(b is not None for b in biases):
         bias32 = torch.cat(
@@ -218,8 +219,8 @@ def _upcast_product(
                 b.float() if b is not None else torch.zeros(size, dtype=torch.float32)
                 for b, size in zip(biases, sizes, strict=True)
             ]
-        )
-    out = None if total <= step else torch.empty(x.shape[0], total, dtype=x.dtype)
+        ).unsqueeze(1)
+    out = torch.empty(total, x.shape[0], dtype=torch.float32)
     for begin in range(0, total, step):
         end = min(total, begin + step)
         chunk = buffer[: (end - begin) * features].view(end - begin, features)
@@ -230,14 +231,10 @@ def _upcast_product(
                 chunk[low - begin : high - begin].copy_(weight[low - first : high - first])
             first += size
         if bias32 is None:
-            product = torch.mm(x32, chunk.t())
+            torch.mm(chunk, x32t, out=out[begin:end])
         else:
-            product = torch.addmm(bias32[begin:end], x32, chunk.t())
-        if out is None:
-            return product.to(x.dtype)
-        out[:, begin:end].copy_(product)
-    assert out is not None
-    return out
+            torch.addmm(bias32[begin:end], chunk, x32t, out=out[begin:end])
+    return out.t().to(x.dtype, memory_format=torch.contiguous_format)
 
 
 def _packs(x: torch.Tensor, weight: torch.Tensor) -> bool:
