@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from modelport_gguf.header import GGML_TYPES
+from modelport_gguf.memory import new_tensor
 
 #: Elements dequantised at once: bounds the float32 chunk and the byte-sized intermediates (8 MB and 2 MB)
 #: while leaving each operation large enough for torch's intra-op threads.
@@ -433,19 +434,20 @@ def dequantize(
     Plain types are reinterpreted and converted; quantised types are
     dequantised chunk by chunk into the output: ``out`` when given (a
     contiguous tensor of ``shape`` and ``dtype``, such as a parameter to fill),
-    else a new tensor. Raises ``KeyError`` for a type it does not read (callers
-    turn it into a typed error naming the tensor).
+    else a new tensor (in huge pages when large: see
+    :func:`~modelport_gguf.memory.new_tensor`). Raises ``KeyError`` for a type
+    it does not read (callers turn it into a typed error naming the tensor).
     """
     if type_name in PLAIN_TYPES:
         values = raw.view(PLAIN_TYPES[type_name]).reshape(shape)
         if out is not None:
             return out.copy_(values)
-        return values if values.dtype == dtype else values.to(dtype)
+        return values if values.dtype == dtype else new_tensor(tuple(shape), dtype).copy_(values)
     fn = BLOCK_DEQUANTISERS[type_name]
     _, block, type_size = next(v for v in GGML_TYPES.values() if v[0] == type_name)
     blocks = raw.reshape(-1, type_size)
     n = blocks.shape[0]
-    out = torch.empty((n, block), dtype=dtype) if out is None else out.view(n, block)
+    out = new_tensor((n, block), dtype) if out is None else out.view(n, block)
     step = max(1, CHUNK_ELEMENTS // block)
     # float32 is written in place; another dtype goes through one reused float32 chunk, then is rounded once.
     scratch = None if dtype == torch.float32 else torch.empty((min(n, step), block), dtype=torch.float32)
