@@ -30,16 +30,21 @@ Where the CPU has no bfloat16 kernels for oneDNN (x86 without AVX-512 or
 AMX: torch's ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is false, and
 oneDNN refuses to pack bfloat16 weights), ``F.linear`` in bfloat16 falls back
 to ATen's own kernel, which costs about as much per row as a whole
-matrix-vector product: about 8 GFLOP/s a core, against 35 to 45 for a float32
-product (MKL's sgemm) on the AVX2 AMD EPYC development machine. So bfloat16
-products of at least :data:`UPCAST_MIN_ROWS` rows there convert the weight
-to float32 :data:`UPCAST_CHUNK` elements at a time into one reused buffer
-(8 MiB per thread that multiplies), multiply each chunk in float32, and round
-the output to bfloat16 once: 2x to 7x faster than ``F.linear`` from 8 rows on
-(see benchmarks/README.md, "bench_linear.py"). No float32 copy of the weights
-is kept. Fewer rows stay with ``F.linear``, whose per-row product reads the
-bfloat16 weight once and beats converting it (a kept float32 copy is slower
-there too: it reads twice the bytes). :func:`stacked_linear` stacks the
+matrix-vector product: 7 to 10 GFLOP/s a core from 4 rows on, against 30 to
+45 for a float32 product (MKL's sgemm) at 32 rows on the AVX2 AMD EPYC
+(Zen 3) development machine. So bfloat16 products of at least
+:data:`UPCAST_MIN_ROWS` rows there convert the weight to float32
+:data:`UPCAST_CHUNK` elements at a time into one reused buffer (8 MiB per
+thread that multiplies), multiply each chunk in float32 straight into the
+float32 output, and round the output to bfloat16 once. Measured with one
+thread (``benchmarks/bench_linear.py``, see benchmarks/README.md): about
+break-even at 4 rows (0.9x to 1.4x ``F.linear``'s speed by shape), 1.1x to
+4.8x at 8, 3.5x to 6x at 32, 5x to 8.4x at 2048. No float32 copy of the
+weights is kept (one would be only slightly faster from 8 rows on, and costs
+twice the bfloat16 weights' memory). Fewer rows stay with ``F.linear``, whose
+per-row product reads the bfloat16 weight once and beats converting it at one
+row by 1.6x to 2.5x (a kept float32 copy is slower there too: it reads twice
+the bytes). :func:`stacked_linear` stacks the
 layers' weights into the same buffer, so one product serves q, k and v, and
 gate and up, at no memory cost. The products of the exact bfloat16 values are
 summed in float32, as ``F.linear``'s kernel does, in another order: results
