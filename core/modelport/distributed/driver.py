@@ -13,12 +13,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import time
 import weakref
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from modelport.distributed.group import JOINED_KEY, collective_timeout, gather, make_groups, rank_report, send
+from modelport.distributed.group import (
+    DEFAULT_TIMEOUT_S,
+    JOINED_KEY,
+    collective_timeout,
+    gather,
+    make_groups,
+    rank_report,
+    send,
+)
 from modelport.distributed.launcher import WorkerJob, WorkerLauncher
 from modelport.distributed.state import ParallelState, parallel_state
 from modelport.errors import ExecutorError, InvalidOptionError
@@ -28,8 +38,11 @@ from modelport.plugins import PluginHost
 
 #: Seconds the driver waits for every worker to reach its store (spawning and importing torch included).
 JOIN_TIMEOUT_S = 300.0
-#: Seconds :meth:`ShardedModel.close` gives the workers to exit before they are killed.
+#: Seconds :meth:`ShardedModel.close` gives the workers to exit before they are killed (and, at most, to take
+#: the stop message: a worker that hangs never takes it).
 SHUTDOWN_TIMEOUT_S = 10.0
+#: Process states of ``/proc/PID/stat`` worth naming in an error: a worker in one of them cannot answer.
+_HALTED_STATES = {"T": "stopped", "t": "stopped by a debugger"}
 
 
 def launcher_for(host: PluginHost, name: str) -> WorkerLauncher:
@@ -77,7 +90,7 @@ def load_sharded(reference: str, host: PluginHost, options: dict[str, Any]) -> L
         timeout_s=timeout_s,
         env=env,
     )
-    closer = _Closer(launcher)
+    closer = _Closer(launcher, timeout_s)
     try:
         launcher.start(job)
         _wait_for_workers(store, launcher, world_size)
@@ -97,7 +110,7 @@ def load_sharded(reference: str, host: PluginHost, options: dict[str, Any]) -> L
             "tensor-parallel worker(s) could not load their shard: "
             + "; ".join(f"rank {r['rank']}: {r['error']}" for r in failed)
         )
-    proxy = ShardedModel(loaded.model, launcher, state, commands, store, closer, reports)
+    proxy = ShardedModel(loaded.model, launcher, state, commands, store, closer, reports, timeout_s=timeout_s)
     return dataclasses.replace(loaded, model=proxy)
 
 
@@ -116,10 +129,12 @@ def _wait_for_workers(store: Any, launcher: WorkerLauncher, world_size: int) -> 
 class _Closer:
     """Stops the workers once (the :class:`ShardedModel`'s finaliser: it holds no reference to the model)."""
 
-    def __init__(self, launcher: WorkerLauncher) -> None:
+    def __init__(self, launcher: WorkerLauncher, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.launcher = launcher
         self.commands: Any = None
         self.closed = False
+        # How long the stop message may wait for the workers to take it: a hung worker never does.
+        self.stop_timeout_s = min(timeout_s, SHUTDOWN_TIMEOUT_S)
 
     def __call__(self, stop: bool = True) -> None:
         if self.closed:
@@ -128,7 +143,7 @@ class _Closer:
         asked = False
         if stop and self.commands is not None:
             with contextlib.suppress(Exception):  # a worker already gone: the launcher cleans up
-                send(self.commands, {"op": "stop"})
+                send(self.commands, {"op": "stop"}, timeout_s=self.stop_timeout_s)
                 asked = True
         # Workers asked to stop get time to exit; after a failure nothing waits for them.
         self.launcher.shutdown(SHUTDOWN_TIMEOUT_S if asked else 0.0)
@@ -142,15 +157,19 @@ class ShardedModel:
     that every worker still runs; a dead worker, or a collective that fails (gloo's
     connection errors, the collective timeout), fails the call with
     :class:`~modelport.errors.ExecutorError` naming the worker, and every later call
-    fails the same way at once. :meth:`close` (also run when the proxy is garbage
-    collected and at interpreter exit) stops the workers.
+    fails the same way at once. Every wait of the driver is bounded by the collective
+    timeout (``timeout_s``, from ``MODELPORT_DISTRIBUTED_TIMEOUT``), the messages it sends
+    included: a worker that hangs (stopped, deadlocked) fails the call once it passes,
+    naming the workers that did not answer, and the workers are killed. :meth:`close`
+    (also run when the proxy is garbage collected and at interpreter exit) stops the workers.
 
     Attributes:
         model: rank 0's shard.
         launcher: the backend's launcher that started the other ranks.
         parallel: rank 0's parallel state.
-        reports: what each rank reported after loading (``rank``, ``pid``, ``parameter_bytes``,
+        reports: what each rank reported after loading (``rank``, ``pid``, ``host``, ``parameter_bytes``,
             ``peak_rss_bytes``, ``cuda_peak_bytes`` on CUDA).
+        timeout_s: the seconds any wait of the driver for the workers may last.
     """
 
     def __init__(
@@ -162,11 +181,14 @@ class ShardedModel:
         store: Any,
         closer: _Closer,
         reports: list[dict[str, Any]],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.model = model
         self.launcher = launcher
         self.parallel = parallel
         self.reports = reports
+        self.timeout_s = timeout_s
         self._commands = commands
         self._store = store  # the rendezvous store lives as long as the group
         self._closer = closer
@@ -221,7 +243,9 @@ class ShardedModel:
         """Every rank's report now (``parameter_bytes``, ``peak_rss_bytes``...), in rank order."""
         self._send({"op": "report"})
         reports: list[dict[str, Any]] = self._collective(
-            lambda: gather(self._commands, self.parallel.world_size, rank_report(0, self.model, None))
+            lambda: gather(
+                self._commands, self.parallel.world_size, rank_report(0, self.model, None), timeout_s=self.timeout_s
+            )
         )
         return reports
 
@@ -258,18 +282,47 @@ class ShardedModel:
         self._check()
         if self._dropped:
             message["drop"], self._dropped[:] = list(self._dropped), []
-        self._collective(lambda: send(self._commands, message))
+        self._collective(lambda: send(self._commands, message, timeout_s=self.timeout_s))
 
     def _collective(self, work: Any) -> Any:
+        started = time.monotonic()
         try:
             return work()
         except RuntimeError as exc:  # gloo/NCCL: a peer closed its connection, or the timeout passed
-            deadline = time.monotonic() + 2.0
+            timed_out = time.monotonic() - started >= 0.9 * self.timeout_s
+            # A killed worker may take a moment to be reaped; a wait that ran out gave it that moment already.
+            deadline = time.monotonic() + (0.0 if timed_out else 2.0)
             dead = self.launcher.dead()
-            while not dead and time.monotonic() < deadline:  # a killed worker may take a moment to be reaped
+            while not dead and time.monotonic() < deadline:
                 time.sleep(0.05)
                 dead = self.launcher.dead()
             if dead:
                 self._fail("tensor-parallel worker(s) died: " + "; ".join(dead))
+            if timed_out:
+                self._fail(self._no_answer(exc))
             self._fail(f"tensor-parallel step failed: a collective failed: {exc}")
             raise  # unreachable: _fail raises
+
+    def _no_answer(self, exc: BaseException) -> str:
+        """Why a wait ran out: which workers did not answer (the halted ones, when a local worker is)."""
+        here = socket.gethostname()
+        workers = [(r, _halted(int(r["pid"])) if r.get("host") == here else "") for r in self.reports if r["rank"]]
+        named = [(r, state) for r, state in workers if state] or workers
+        who = ", ".join(f"rank {r['rank']} (pid {r['pid']}{', ' + state if state else ''})" for r, state in named)
+        subject = f"tensor-parallel worker {who}" if len(named) == 1 else f"tensor-parallel workers {who}"
+        hangs = "" if len(named) == 1 or named[0][1] else " (at least one of them hangs, the others wait for it)"
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (
+            f"{subject} did not answer within {self.timeout_s:g} s (MODELPORT_DISTRIBUTED_TIMEOUT){hangs}; "
+            f"the workers were shut down ({cause})"
+        )
+
+
+def _halted(pid: int) -> str:
+    """How local process ``pid`` is halted (``stopped``...) per ``/proc``; ``""`` when it is not, or is unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return _HALTED_STATES.get(fields[0], "") if fields else ""

@@ -8,7 +8,9 @@ models):
 * **compute**: the model's collectives (all-reduce, all-gather), on the job's
   backend (gloo on the CPU, NCCL on CUDA), with the job's timeout;
 * **commands**: gloo, for the driver's messages (one per step); its timeout is
-  long, since a worker waits on it for as long as the driver is idle.
+  long, since a worker waits on it for as long as the driver is idle. The driver's
+  own waits on it are bounded by the job's timeout instead (``timeout_s`` of
+  :func:`send` and :func:`gather`): a worker that hangs must not hold the driver.
 
 Messages are JSON (no pickle: a message is data, never code), broadcast as bytes.
 """
@@ -72,21 +74,35 @@ def make_groups(store: Any, rank: int, world_size: int, backend: str, timeout_s:
     return compute, commands
 
 
-def _broadcast(group: Any, tensor: Any) -> None:
+def _wait(work: Any, timeout_s: float | None) -> None:
+    """Wait for ``work``; at most ``timeout_s`` seconds when given (RuntimeError past it)."""
+    if timeout_s is None:
+        work.wait()
+    else:
+        work.wait(timedelta(seconds=timeout_s))
+
+
+def _broadcast(group: Any, tensor: Any, timeout_s: float | None = None) -> None:
     import torch.distributed as dist
 
     options = dist.BroadcastOptions()
     options.rootRank = 0
-    group.broadcast([tensor], options).wait()
+    _wait(group.broadcast([tensor], options), timeout_s)
 
 
-def send(group: Any, message: dict[str, Any]) -> None:
-    """Rank 0: broadcast ``message`` (JSON-able) to every rank of ``group``."""
+def send(group: Any, message: dict[str, Any], timeout_s: float | None = None) -> None:
+    """Rank 0: broadcast ``message`` (JSON-able) to every rank of ``group``.
+
+    ``timeout_s``: fail (``RuntimeError``) when the ranks have not taken it within that many
+    seconds. gloo sends only once the receiver has posted its receive, so a rank that hangs
+    instead of waiting for the message would otherwise keep the sender waiting for the
+    commands group's timeout (:data:`COMMAND_TIMEOUT`, days): the driver always gives one.
+    """
     import torch
 
     data = json.dumps(message, separators=(",", ":")).encode()
-    _broadcast(group, torch.tensor([len(data)], dtype=torch.int64))
-    _broadcast(group, torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    _broadcast(group, torch.tensor([len(data)], dtype=torch.int64), timeout_s)
+    _broadcast(group, torch.frombuffer(bytearray(data), dtype=torch.uint8), timeout_s)
 
 
 def receive(group: Any) -> dict[str, Any]:
@@ -101,27 +117,30 @@ def receive(group: Any) -> dict[str, Any]:
     return message
 
 
-def gather(group: Any, world_size: int, message: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every rank's ``message`` (JSON-able), in rank order, on every rank."""
+def gather(
+    group: Any, world_size: int, message: dict[str, Any], timeout_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Every rank's ``message`` (JSON-able), in rank order, on every rank (within ``timeout_s`` when given)."""
     import torch
 
     data = json.dumps(message, separators=(",", ":")).encode()
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
-    group.allgather([sizes], [torch.tensor([len(data)], dtype=torch.int64)]).wait()
+    _wait(group.allgather([sizes], [torch.tensor([len(data)], dtype=torch.int64)]), timeout_s)
     longest = max(int(s.item()) for s in sizes)
     padded = torch.zeros(longest, dtype=torch.uint8)
     padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else padded[:0]
     parts = [torch.empty(longest, dtype=torch.uint8) for _ in range(world_size)]
-    group.allgather([parts], [padded]).wait()
+    _wait(group.allgather([parts], [padded]), timeout_s)
     return [json.loads(p[: int(s.item())].numpy().tobytes()) for p, s in zip(parts, sizes, strict=True)]
 
 
 def rank_report(rank: int, model: Any, error: str | None) -> dict[str, Any]:
-    """What a rank says about itself: its process, the bytes its parameters take, its peak memory."""
+    """What a rank says about itself: its process and host, the bytes its parameters take, its peak memory."""
     import resource
+    import socket
     import sys
 
-    report: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "error": error}
+    report: dict[str, Any] = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname(), "error": error}
     parameters = getattr(model, "parameters", None)
     report["parameter_bytes"] = (
         sum(p.numel() * p.element_size() for p in parameters()) if callable(parameters) and error is None else 0

@@ -164,7 +164,12 @@ class LocalProcessLauncher:
         return found
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Wait up to ``timeout`` seconds for the workers to exit, then terminate and kill what is left."""
+        """Wait up to ``timeout`` seconds for the workers to exit, then terminate and kill what is left.
+
+        A stopped worker (``SIGSTOP``) is continued after ``SIGTERM``, so that it ends at once instead of being
+        killed past the grace.
+        """
+        import signal
         import subprocess
 
         deadline = time.monotonic() + timeout
@@ -174,6 +179,8 @@ class LocalProcessLauncher:
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
+                with contextlib.suppress(OSError):  # a stopped process acts on SIGTERM only once continued
+                    os.kill(process.pid, signal.SIGCONT)
         for process in self.processes.values():
             try:
                 process.wait(2.0)
