@@ -454,7 +454,9 @@ class CPUExecutor:
 
         def forward_and_pick() -> tuple[torch.Tensor, list[int]]:
             logits = self.run_model(batch).float()
-            return logits, sample_greedy(logits[plain, : self.vocab_size]) if plain else []
+            # Every row (the usual decode step): a view, not a copy of [rows, vocab] gathered by index.
+            rows = logits if len(plain) == logits.shape[0] else logits[plain]
+            return logits, sample_greedy(rows[:, : self.vocab_size]) if plain else []
 
         # The argmax runs under the governor's thread count too: after the step, a parallel op with every
         # thread waits a scheduler slice for a descheduled one on a busy machine (10 ms for a [1, 32000] row).
