@@ -90,7 +90,8 @@ def blas_for_large_float32() -> bool:
     uses it where MKL on an AMD CPU did not, and was faster at every size.
     """
     capability = str(torch.backends.cpu.get_cpu_capability())
-    return bool(torch.backends.mkl.is_available()) and capability.startswith("AVX") and "512" not in capability
+    has_mkl = bool(torch.backends.mkl.is_available())  # type: ignore[no-untyped-call]
+    return has_mkl and capability.startswith("AVX") and "512" not in capability
 
 
 #: Rows of input from which bfloat16 products upcast the weight to float32 where the CPU has no bfloat16 kernels.
