@@ -13,6 +13,18 @@ decode step of the 100M GPT-NeoX 135 ms instead of 160 (see
 benchmarks/README.md). Fewer rows (one sequence decoding) keep the dense
 weight, which is faster there.
 
+The choice is the same on a CPU without AVX-512 (an AMD EPYC Zen 3 with AVX2,
+GPT-NeoX layer shapes, 12 distinct layers cycled, interleaved rounds, load
+average 1.0 to 1.5): the packed product was the cheapest at 8 and 32 rows with
+one thread and with two (a 32-row step of 12 layers and the output head 130 to
+138 ms against 158 through oneDNN on the dense weight and 167 to 190 through
+``F.linear``, one thread), and at 2048 rows with two threads (8% below oneDNN
+on the dense weight, 17% below ``F.linear`` in wall time; with one thread the
+three were within the noise). So this module does not follow core's
+:func:`~modelport.models.linear.blas_for_large_float32`, which sends products
+of 1024 rows or more to ``F.linear`` there: that was measured against oneDNN on
+the dense weight, not against the packed one.
+
 **The packed copy doubles the memory of the float32 weights** it is made for;
 it is made the first time a layer multiplies that many rows, so a model that
 only ever runs one sequence at a time never makes it. It is remade when the

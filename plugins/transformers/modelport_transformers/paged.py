@@ -233,6 +233,8 @@ class _Group:
         self.fresh = bool((totals == q_lens).all())
         #: Fresh and of one length: no padding, the plain causal mask (``is_causal``) serves.
         self.causal = self.fresh and bool((q_lens == self.width).all())
+        #: No padding and the rows in flat order from 0: the group's rows are the step's first ``size * width``.
+        self.in_order = bool(valid.all()) and torch.equal(self.rows, torch.arange(self.rows.numel(), device=device))
         self._masks: dict[int | None, torch.Tensor] = {}
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
@@ -386,6 +388,9 @@ def paged_attention(
         groups = step.groups
     else:
         groups = ([step.decode_group()] if decodes is not None else []) + step.groups
+    if out is None and len(groups) == 1 and groups[0].in_order and groups[0].rows.numel() == q.shape[0]:
+        # the whole step is one group in flat order (a batch of fresh prompts): no gathers, no scatter
+        return _attend_group(groups[0], q, k, v, layer_cache, scale, cap, window, whole=True)[1][None], None
     for group in groups:  # at most two: the decoding sequences, then the others
         dest, attended = _attend_group(group, q, k, v, layer_cache, scale, cap, window)
         if out is None:
@@ -428,21 +433,26 @@ def _attend_group(
     scale: float,
     softcap: float | None,
     window: int | None,
+    *,
+    whole: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A padded group attended in one call: ``(rows, [N, H, Dv])``.
 
     Its keys and values are gathered from the cache, or for fresh prefills
-    (nothing cached before) taken from the step's own ``k`` and ``v``.
+    (nothing cached before) taken from the step's own ``k`` and ``v``. With
+    ``whole``, the group is the step's every row in flat order (``in_order``):
+    the queries, and a fresh group's keys and values, are views, not gathers.
     """
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = cache.num_kv_heads
     if group.fresh:
-        keys, values = k.index_select(0, group.rows), v.index_select(0, group.rows)
+        keys, values = (k, v) if whole else (k.index_select(0, group.rows), v.index_select(0, group.rows))
     else:
         keys, values = cache.read(0, group.key_slots)
-    keys = keys.view(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
-    values = values.view(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
-    queries = q.index_select(0, group.rows).view(group.size, group.width, heads, head_dim).transpose(1, 2)
+    keys = keys.reshape(group.size, group.length, kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    values = values.reshape(group.size, group.length, kv_heads, -1).transpose(1, 2).to(q.dtype)
+    queries = q if whole else q.index_select(0, group.rows)
+    queries = queries.reshape(group.size, group.width, heads, head_dim).transpose(1, 2)
     if softcap is None and group.causal and (window is None or window >= group.width):
         result = F.scaled_dot_product_attention(
             queries, keys, values, is_causal=True, scale=scale, enable_gqa=heads != kv_heads
@@ -455,7 +465,7 @@ def _attend_group(
         assert softcap is not None
         result = _softcapped(queries, keys, values, group.mask(window), scale, softcap)
     result = result.transpose(1, 2).reshape(group.size * group.width, heads, -1)
-    return group.dest, result.index_select(0, group.take)
+    return group.dest, result if whole else result.index_select(0, group.take)
 
 
 @functools.cache

@@ -112,3 +112,33 @@ def test_sparse_decodes_serve_float32_on_the_cpu_only():
     assert not paged.sparse_decode_works(torch.bfloat16, cpu)
     assert not paged.sparse_decode_works(torch.float16, cpu)
     assert not paged.sparse_decode_works(torch.float32, torch.device("meta"))
+
+
+def test_prompts_of_one_length_attend_their_own_keys_without_gathers_and_give_transformers_logits(monkeypatch):
+    model, reference = _gemma2()  # a window and soft-capped scores: the masked paths, not only is_causal
+    prompts = [p[:3] for p in PROMPTS]  # one length, nothing cached: one group, its rows in flat order
+    wholes = []
+    attend = paged._attend_group
+    monkeypatch.setattr(
+        paged, "_attend_group", lambda *args, whole=False: wholes.append(whole) or attend(*args, whole=whole)
+    )
+    batch = SequenceBatch(
+        torch.tensor([t for p in prompts for t in p]),
+        torch.tensor([i for p in prompts for i in range(len(p))]),
+        [len(p) for p in prompts],
+        [0] * len(prompts),
+        TABLES,
+        all_logits=True,
+    )
+    cache = model.new_kv_cache(16, BLOCK)
+    got = model.forward(batch, cache)
+    with torch.no_grad():
+        want = reference(torch.tensor(prompts)).logits.reshape(-1, 96)
+    assert wholes == [True, True]  # both layers took the path without gathers
+    assert got.shape == want.shape == (9, 96)
+    assert (got - want).abs().max() < 1e-4
+    # the cache holds the prompts' keys: the next decode step still gives transformers' logits
+    following = SequenceBatch(torch.tensor([4, 5, 6]), torch.tensor([3, 3, 3]), [1, 1, 1], [3, 3, 3], TABLES)
+    with torch.no_grad():
+        want = reference(torch.tensor([[*p, t] for p, t in zip(prompts, [4, 5, 6], strict=True)])).logits[:, -1]
+    assert (model.forward(following, cache) - want).abs().max() < 1e-4
