@@ -49,8 +49,7 @@ hits both alike; every child sets the same torch thread count (modelport's execu
 runs a step with fewer while its threads wait for a CPU: ``ThreadGovernor``;
 transformers always uses the count set). The header
 names the kernel each side's linear layers call (modelport sends float32 ones
-to oneDNN, those of 1024 rows or more to ``F.linear`` on a CPU without
-AVX-512, and bfloat16 ones to oneDNN with weights packed once, q/k/v and
+to oneDNN, and bfloat16 ones to oneDNN with weights packed once, q/k/v and
 gate/up stacked: ``modelport.models.linear``), and the run prints the load average
 before and after, since other work on the machine slows both sides unevenly.
 "same tokens" counts the requests whose generated ids are identical on both
@@ -216,9 +215,6 @@ def child(approach: str, dtype: str, folder: Path, settings: dict[str, Any]) -> 
         else:
             if dtype == "float32" and native_linear.onednn_linear_works():
                 kernel = "mkldnn._linear_pointwise"
-                large = getattr(native_linear, "blas_for_large_float32", None)  # absent before the MKL rule
-                if large is not None and large():
-                    kernel += f", F.linear from {native_linear.FLOAT32_BLAS_MIN_ROWS} rows"
             works = getattr(native_linear, "packed_linear_works", None)  # absent before packed weights
             if works is not None and dtype != "float32" and works(getattr(torch, dtype)):
                 kernel = "mkldnn._linear_pointwise, packed weights, q/k/v and gate/up stacked"

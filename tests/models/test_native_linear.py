@@ -10,10 +10,8 @@ import torch.nn.functional as F
 
 import modelport.models.linear as linear_module
 from modelport.models.linear import (
-    FLOAT32_BLAS_MIN_ROWS,
     PACKED_MAX_ROWS,
     Linear,
-    blas_for_large_float32,
     linear,
     onednn_linear_works,
     packed_linear_works,
@@ -30,20 +28,6 @@ def test_float32_linear_equals_f_linear_to_rounding(rows, bias):
     b = torch.randn(40, generator=generator) if bias else None
     with torch.no_grad():
         torch.testing.assert_close(linear(x, weight, b), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("rows", [FLOAT32_BLAS_MIN_ROWS - 1, FLOAT32_BLAS_MIN_ROWS])
-def test_large_float32_products_take_f_linear_where_mkl_runs_without_avx512(rows):
-    generator = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 96, generator=generator)
-    weight = torch.randn(40, 96, generator=generator)
-    bias = torch.randn(40, generator=generator)
-    with torch.no_grad():
-        got, expected = linear(x, weight, bias), F.linear(x, weight, bias)
-    if rows >= FLOAT32_BLAS_MIN_ROWS and blas_for_large_float32():
-        assert torch.equal(got, expected)  # F.linear itself
-    else:
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_other_dtypes_and_inputs_needing_gradients_take_f_linear_exactly():

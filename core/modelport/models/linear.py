@@ -9,11 +9,11 @@ AMD EPYC development machine, where oneDNN runs AVX-512 code and MKL
 "Generation throughput". So :func:`linear` sends float32 CPU inputs to
 ``torch.ops.mkldnn._linear_pointwise``, the operator ``torch.compile``'s CPU
 backend emits for linear layers, with the dense weight as it is (no second,
-reordered copy of the weights). Except for products of at least
-:data:`FLOAT32_BLAS_MIN_ROWS` rows (a prefill) on a CPU without AVX-512 where
-torch has MKL: there MKL's sgemm runs its AVX2 code and was the faster one (an
-AMD EPYC with AVX2 only: a 32 x 64-token prefill of a 100M llama took 21% less
-CPU time, one thread), so :func:`linear` is ``F.linear`` for them.
+reordered copy of the weights). On a CPU with AVX2 only (an AMD EPYC Zen 3)
+the same choice held with two threads: a 32 x 64-token prefill of a 100M llama
+took 3.17 to 3.5 s through oneDNN against 3.6 to 3.9 s with ``F.linear`` for its
+products of 2,048 rows (quiet, interleaved rounds), although with one thread
+MKL's sgemm had used less CPU time on them.
 
 In bfloat16 (and float16 where the CPU has the instructions) oneDNN reads a
 weight in a blocked layout of its own, and ``F.linear`` reorders the dense
@@ -76,23 +76,6 @@ from torch import nn
 PACKED_MAX_ROWS = 256
 
 _PACKED_DTYPES = (torch.bfloat16, torch.float16)
-
-#: Rows of input from which float32 products go to ``F.linear`` (MKL) where :func:`blas_for_large_float32` holds.
-FLOAT32_BLAS_MIN_ROWS = 1024
-
-
-@functools.cache
-def blas_for_large_float32() -> bool:
-    """Whether float32 products of :data:`FLOAT32_BLAS_MIN_ROWS` rows or more take ``F.linear`` here.
-
-    True where torch has MKL and its CPU capability is not AVX-512: MKL's sgemm then runs AVX2 code as
-    oneDNN does, and was faster on large products (see the module's docstring); with AVX-512, oneDNN
-    uses it where MKL on an AMD CPU did not, and was faster at every size.
-    """
-    capability = str(torch.backends.cpu.get_cpu_capability())
-    has_mkl = bool(torch.backends.mkl.is_available())  # type: ignore[no-untyped-call]
-    return has_mkl and capability.startswith("AVX") and "512" not in capability
-
 
 #: Rows of input from which bfloat16 products upcast the weight to float32 where the CPU has no bfloat16 kernels.
 UPCAST_MIN_ROWS = 4
@@ -295,7 +278,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.dim() == 2
         and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not (x.shape[0] >= FLOAT32_BLAS_MIN_ROWS and blas_for_large_float32())
         and onednn_linear_works()
     ):
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")

@@ -20,10 +20,7 @@ one thread and with two (a 32-row step of 12 layers and the output head 130 to
 138 ms against 158 through oneDNN on the dense weight and 167 to 190 through
 ``F.linear``, one thread), and at 2048 rows with two threads (8% below oneDNN
 on the dense weight, 17% below ``F.linear`` in wall time; with one thread the
-three were within the noise). So this module does not follow core's
-:func:`~modelport.models.linear.blas_for_large_float32`, which sends products
-of 1024 rows or more to ``F.linear`` there: that was measured against oneDNN on
-the dense weight, not against the packed one.
+three were within the noise).
 
 **The packed copy doubles the memory of the float32 weights** it is made for;
 it is made the first time a layer multiplies that many rows, so a model that
