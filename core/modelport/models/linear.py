@@ -295,27 +295,23 @@ def stacked_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
     same way; otherwise each layer runs on its own.
     """
     weights = [getattr(layer, "weight", None) for layer in layers]
-    if len(layers) > 1 and all(type(layer).forward is Linear.forward for layer in layers):
-        first = weights[0]
+    first = weights[0] if weights else None
+    if (
+        len(layers) > 1
+        and all(type(layer).forward is Linear.forward for layer in layers)
+        and isinstance(first, torch.Tensor)
+        and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
+    ):
+        tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+        biases = [getattr(layer, "bias", None) for layer in layers]
         if (
-            isinstance(first, torch.Tensor)
-            and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
-            and _upcasts(x, first)
+            _upcasts(x, first)
+            and all(w.shape[1] == x.shape[1] for w in tensors)
+            and all(b is None or (isinstance(b, torch.Tensor) and b.dtype is x.dtype) for b in biases)
         ):
-            tensors = [w for w in weights if isinstance(w, torch.Tensor)]
-            biases = [getattr(layer, "bias", None) for layer in layers]
-            if all(w.shape[1] == x.shape[1] for w in tensors) and all(
-                b is None or (isinstance(b, torch.Tensor) and b.dtype is x.dtype) for b in biases
-            ):
-                stacked = _upcast_product(x, tensors, biases)
-                return tuple(torch.split(stacked, [int(w.shape[0]) for w in tensors], dim=-1))
-        if (
-            isinstance(first, torch.Tensor)
-            and all(isinstance(w, torch.Tensor) and w.dtype is first.dtype and w.dim() == 2 for w in weights)
-            and _packs(x, first)
-        ):
-            tensors = [w for w in weights if isinstance(w, torch.Tensor)]
-            biases = [getattr(layer, "bias", None) for layer in layers]
+            stacked = _upcast_product(x, tensors, biases)
+            return tuple(torch.split(stacked, [int(w.shape[0]) for w in tensors], dim=-1))
+        if _packs(x, first):
             packed = _packed_for(tensors, biases)
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x.contiguous(), packed.weight, packed.bias, "none", [], ""
