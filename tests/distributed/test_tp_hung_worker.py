@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face folders")
 pytest.importorskip("torch")
 
-from tp_harness import alive, wait_gone, write_tp_model
+from tp_harness import alive, interrupt_generation, wait_gone, write_tp_model
 
 from modelport import LLM, SamplingParams
 from modelport.errors import ExecutorError
@@ -64,18 +64,8 @@ def no_answer(pid: int) -> str:
 
 def test_a_worker_stopped_mid_generation_fails_the_pending_requests_after_the_timeout(sharded):
     [pid] = sharded.loaded.model.worker_pids()
-    executor = sharded.executor
-    for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
-        executor.add_request(prompt, PARAMS)
-    executor.step()  # the prefill ran on both ranks
-    executor.step()
-    os.kill(pid, signal.SIGSTOP)
-    stopped = time.monotonic()
-    with pytest.raises(ExecutorError) as info:
-        while executor.has_unfinished():
-            executor.step()
-    waited = time.monotonic() - stopped
-    assert str(info.value).startswith(no_answer(pid)), str(info.value)
+    error, waited = interrupt_generation(sharded.executor, pid, signal.SIGSTOP, steps=2)
+    assert str(error).startswith(no_answer(pid)), str(error)
     assert waited < HANG_BOUND_S
     # The stopped worker was killed with the failure; every later call fails the same way at once.
     assert wait_gone([pid]) == []

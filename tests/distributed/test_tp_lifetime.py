@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face folders")
 pytest.importorskip("torch")
 
-from tp_harness import alive, wait_gone, write_tp_model
+from tp_harness import alive, interrupt_generation, wait_gone, write_tp_model
 
 from modelport import LLM, SamplingParams
 from modelport.errors import ExecutorError
@@ -26,19 +26,10 @@ def test_a_worker_killed_mid_generation_fails_the_pending_requests_within_second
     folder = write_tp_model(tmp_path / "m", "llama")
     llm = LLM(str(folder), dtype="float32", skip_tokenizer_init=True, tensor_parallel_size=2)
     [pid] = llm.loaded.model.worker_pids()
-    executor = llm.executor
+    error, waited = interrupt_generation(llm.executor, pid, signal.SIGKILL, steps=2)
+    assert waited < 10.0
+    assert f"pid {pid}" in str(error) and "killed by signal 9" in str(error)
     params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
-    for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
-        executor.add_request(prompt, params)
-    executor.step()  # the prefill ran on both ranks
-    executor.step()
-    os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    with pytest.raises(ExecutorError) as info:
-        while executor.has_unfinished():
-            executor.step()
-    assert time.monotonic() - killed < 10.0
-    assert f"pid {pid}" in str(info.value) and "killed by signal 9" in str(info.value)
     # Every later call fails at once, naming the same cause; nothing hangs.
     started = time.monotonic()
     with pytest.raises(ExecutorError, match="killed by signal 9"):

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+
+def interrupt_generation(executor: Any, pid: int, signal_number: int, steps: int) -> tuple[Exception, float]:
+    """Three requests, ``steps`` steps, then ``signal_number`` to worker ``pid``; the steps' error and its delay.
+
+    The steps go on until one raises (the test fails with pytest's ``Failed: DID NOT RAISE`` otherwise);
+    returned are the exception and the seconds from the signal to it.
+    """
+    import pytest
+
+    from modelport import SamplingParams
+    from modelport.errors import ExecutorError
+
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+    for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
+        executor.add_request(prompt, params)
+    for _ in range(steps):
+        executor.step()  # the first is the prefill, on every rank
+    os.kill(pid, signal_number)
+    signalled = time.monotonic()
+    with pytest.raises(ExecutorError) as info:
+        while executor.has_unfinished():
+            executor.step()
+    return info.value, time.monotonic() - signalled
+
 
 #: The tiny models: each exercises a part of the sharding.
 TP_MODELS: dict[str, dict[str, Any]] = {

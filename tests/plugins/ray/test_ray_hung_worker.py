@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -20,8 +19,7 @@ ray = pytest.importorskip("ray", reason="modelport-ray's tests need ray (pip ins
 pytest.importorskip("modelport_hf", reason="the tiny models are Hugging Face folders")
 torch = pytest.importorskip("torch")
 
-from modelport import LLM, SamplingParams  # noqa: E402
-from modelport.errors import ExecutorError  # noqa: E402
+from modelport import LLM  # noqa: E402
 
 TIMEOUT_S = 3
 HANG_BOUND_S = 60.0
@@ -44,21 +42,11 @@ def test_a_stopped_actor_fails_the_pending_requests_after_the_timeout_and_close_
     guard.daemon = True
     guard.start()
     try:
-        executor = llm.executor
-        params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
-        for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
-            executor.add_request(prompt, params)
-        executor.step()  # the prefill ran on both ranks
-        os.kill(pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        with pytest.raises(ExecutorError) as info:
-            while executor.has_unfinished():
-                executor.step()
-        waited = time.monotonic() - stopped
-        assert str(info.value).startswith(
+        error, waited = tp_harness.interrupt_generation(llm.executor, pid, signal.SIGSTOP, steps=1)
+        assert str(error).startswith(
             f"tensor-parallel worker rank 1 (pid {pid}, stopped) did not answer within {TIMEOUT_S} s "
             "(MODELPORT_DISTRIBUTED_TIMEOUT); the workers were shut down"
-        ), str(info.value)
+        ), str(error)
         assert waited < HANG_BOUND_S
         llm.close()
         assert tp_harness.wait_gone([pid]) == []
