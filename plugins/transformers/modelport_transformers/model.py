@@ -128,7 +128,7 @@ class TransformersModel:
 
         A model that attends through the paged attention function gets a
         :class:`~modelport_transformers.paged.PagedCache` (the executor's paged
-        KV cache, one :class:`~modelport.models.kv_cache.PagedKVCache` per
+        KV cache, one :class:`~modelport_transformers.paged.LayerCache` per
         layer, allocated on first use). Any other (a class whose attention does
         not go through transformers' ``AttentionInterface``) gets
         :class:`SequenceCaches`, transformers' own caches, one per sequence.
