@@ -54,16 +54,6 @@ gate and up, at no memory cost. The products of the exact bfloat16 values are
 summed in float32, as ``F.linear``'s kernel does, in another order: results
 agree with ``F.linear``'s within one bfloat16 rounding.
 
-The native models keep the weights of layers that read one input (q, k and
-v; gate and up) as adjacent rows of one tensor (:func:`fuse_rows`, after
-loading; the parameters are views with their own names), and
-:func:`stacked_linear` then makes one product over all of them in any dtype
-its other paths do not serve: a float32 matrix-vector product over a few
-hundred rows streams its weight well below the memory's bandwidth, one over
-their sum nearer to it. With one thread, the q, k, v and gate, up products
-of 12 layers of a 100M llama at one row took 16.4 ms against 19.1 ms as five
-products a layer (best of 40 interleaved runs, AVX2 AMD EPYC, load 2).
-
 These operators are private. Each is tried once per process and dtype on a
 small input against ``F.linear``; where one is missing, fails or disagrees,
 and for anything else (other devices, inputs that need gradients),
@@ -302,8 +292,7 @@ def stacked_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
     are all plain :class:`Linear` layers of one dtype and :func:`linear` would use packed weights for
     them, their weights are stacked by rows and packed once, and one product gives every output (views
     of its columns); where :func:`linear` would upcast them, they are stacked in the upcast buffer the
-    same way; where their weights (and biases) are adjacent rows of one tensor, as :func:`fuse_rows`
-    leaves them, one product reads a view over all of them; otherwise each layer runs on its own.
+    same way; otherwise each layer runs on its own.
     """
     weights = [getattr(layer, "weight", None) for layer in layers]
     first = weights[0] if weights else None
@@ -328,94 +317,7 @@ def stacked_linear(x: torch.Tensor, layers: Sequence[nn.Module]) -> tuple[torch.
                 x.contiguous(), packed.weight, packed.bias, "none", [], ""
             )
             return tuple(torch.split(out, packed.sizes, dim=-1))
-        if _ADJACENT_PRODUCTS:
-            weight = _adjacent_rows(tensors)
-            if weight is not None:
-                bias = _stacked_bias(biases)
-                if bias is None or (isinstance(bias, torch.Tensor) and bias.dtype == weight.dtype):
-                    return tuple(torch.split(linear(x, weight, bias), [int(w.shape[0]) for w in tensors], dim=-1))
     return tuple(layer(x) for layer in layers)
-
-
-#: Whether :func:`stacked_linear` makes one product of weights that are adjacent rows of one tensor (A/B switch).
-_ADJACENT_PRODUCTS = True
-
-
-def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """``tensors`` as one view stacked along the first dimension when each follows the last in one storage.
-
-    That is how :func:`fuse_rows` leaves a group of weights (or biases); ``None`` when they are not so
-    (a weight replaced since by another tensor breaks the chain, and the layers then run one by one).
-    """
-    first = tensors[0]
-    rest = tuple(int(n) for n in first.shape[1:])
-    end, rows = first.data_ptr(), 0
-    for t in tensors:
-        if t.data_ptr() != end or tuple(t.shape[1:]) != rest or not t.is_contiguous() or t.dtype != first.dtype:
-            return None
-        end += t.numel() * t.element_size()
-        rows += int(t.shape[0])
-    offset, width = first.storage_offset(), first.stride(0) if first.dim() else 1
-    if (offset + rows * width) * first.element_size() > first.untyped_storage().nbytes():
-        return None  # adjacent in memory yet not one storage: no view can span them
-    return first.as_strided((rows, *rest), first.stride(), offset)
-
-
-def _stacked_bias(biases: Sequence[torch.Tensor | None]) -> torch.Tensor | bool | None:
-    """The biases stacked like their weights (a view where adjacent); ``None`` for none, ``False`` for a mix."""
-    if all(b is None for b in biases):
-        return None
-    present = [b for b in biases if isinstance(b, torch.Tensor)]
-    if len(present) != len(biases) or any(b.dim() != 1 or b.dtype != present[0].dtype for b in present):
-        return False
-    joint = _adjacent_rows(present)
-    return joint if joint is not None else torch.cat(present)
-
-
-def fuse_rows(layers: Sequence[nn.Module]) -> bool:
-    """Give ``layers``' weights (and biases) one storage each, as adjacent row ranges; ``True`` if done.
-
-    Linear layers that read the same input (q, k and v; gate and up) then make one product in
-    :func:`stacked_linear` (a view over all their rows) where they would otherwise make one each:
-    a matrix-vector product over a few hundred rows streams its weight far below the memory's
-    bandwidth, one over their sum nearer to it. The parameters keep their names and shapes, each a
-    view of the joint tensor; the memory is the same, but weights adopted from a checkpoint (a
-    memory map) are copied into it. Layers that are not plain :class:`Linear` layers of one dtype,
-    device and input width, or not yet given memory, are left alone.
-    """
-    weights = [getattr(layer, "weight", None) for layer in layers]
-    if len(layers) < 2 or not all(type(layer).forward is Linear.forward for layer in layers):
-        return False
-    tensors = [w for w in weights if isinstance(w, torch.Tensor)]
-    first = tensors[0] if tensors else None
-    if (
-        first is None
-        or len(tensors) != len(layers)
-        or any(
-            w.is_meta
-            or w.dim() != 2
-            or w.dtype != first.dtype
-            or w.device != first.device
-            or w.shape[1] != first.shape[1]
-            for w in tensors
-        )
-    ):
-        return False
-    biases = [getattr(layer, "bias", None) for layer in layers]
-    groups: list[tuple[str, list[torch.Tensor]]] = [("weight", tensors)]
-    if all(isinstance(b, torch.Tensor) and not b.is_meta and b.dtype == first.dtype for b in biases):
-        groups.append(("bias", [b for b in biases if isinstance(b, torch.Tensor)]))
-    with torch.no_grad():
-        for name, parts in groups:
-            if _adjacent_rows(parts) is not None:
-                continue
-            joint = torch.cat([p.detach() for p in parts])
-            begin = 0
-            for layer, part in zip(layers, parts, strict=True):
-                size = int(part.shape[0])
-                layer._parameters[name] = nn.Parameter(joint[begin : begin + size], requires_grad=part.requires_grad)
-                begin += size
-    return True
 
 
 class Linear(nn.Linear):

@@ -35,7 +35,7 @@ from modelport.distributed.state import SINGLE, ParallelState, current
 from modelport.errors import InvalidConfigError
 from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
-from modelport.models.linear import Linear, fuse_rows, linear, stacked_linear
+from modelport.models.linear import Linear, linear, stacked_linear
 from modelport.models.protocol import SequenceBatch
 from modelport.models.rope import RotaryEmbedding, Rotation
 from modelport.pipeline import WeightReport
@@ -368,9 +368,7 @@ class LlamaForCausalLM(nn.Module):
         The parameters stay on the meta device until :meth:`load_weights`
         gives each its memory on ``device``: a checkpoint tensor that already
         has the right dtype and device becomes the parameter without a copy,
-        so no memory is spent twice. Only each layer's q, k and v (and gate
-        and up) weights are then copied into one tensor per group, which
-        lets one product serve the group (:func:`~modelport.models.linear.fuse_rows`).
+        so no memory is spent twice.
         """
         model = cls._build_on_meta(hf_config, dtype=dtype, device=device)
         model._rotary_embedding = RotaryEmbedding(hf_config, model.shape.head_dim, device)
@@ -487,7 +485,6 @@ class LlamaForCausalLM(nn.Module):
                 self._initialise(name, params[name])
                 for index, value in kept:
                     params[name].data[index] = value
-            self._fuse_stacked_layers()
         return WeightReport(tuple(sorted(loaded)), tuple(missing), tuple(unexpected))
 
     def _fill(self, params: dict[str, torch.Tensor], target: WeightTarget, tensor: torch.Tensor) -> bool:
@@ -513,18 +510,6 @@ class LlamaForCausalLM(nn.Module):
         params[name] = param = self._materialise(name, param)
         param.data[target.index].copy_(tensor)
         return True
-
-    def _fuse_stacked_layers(self) -> None:
-        """Put q, k and v (and gate and up) of each layer in one tensor each, for one product (``fuse_rows``).
-
-        Weights the checkpoint's reader handed over without a copy are copied once more here; the
-        memory of the weights stays the same.
-        """
-        for module in self.modules():
-            if isinstance(module, Attention):
-                fuse_rows((module.q_proj, module.k_proj, module.v_proj))
-            elif isinstance(module, GatedMLP):
-                fuse_rows((module.gate_proj, module.up_proj))
 
     def _initialise(self, name: str, param: torch.Tensor) -> None:
         if name.endswith("norm.weight"):
