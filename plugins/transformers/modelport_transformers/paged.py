@@ -254,11 +254,16 @@ class _Pattern:
         self.width = int(offsets.numel())
         #: Where each entry sits in the ``[rows, width]`` scores, or ``None`` when every row sees ``width`` keys.
         self.padded_at = None if bool(every.all()) else every.nonzero().squeeze(1)
+        entries = int(counts.sum()) * heads
+        #: The softmax runs over the padded ``[rows, width]`` scores unless padding would be most of them
+        #: (one long sequence among short ones): then over each row's entries, by segments.
+        self.dense_softmax = self.padded_at is None or entries * 2 >= every.numel()
         #: Pool rows read, row by row of the pattern (sequence, then head, then key).
         self.columns = pool_row.reshape(-1) if self.padded_at is None else pool_row.reshape(-1)[self.padded_at]
-        lengths = counts.repeat_interleave(heads)
+        #: Entries in each row of the pattern.
+        self.lengths = counts.repeat_interleave(heads)
         #: Where each row's entries start in :attr:`columns`.
-        self.starts = torch.cumsum(lengths, 0) - lengths
+        self.starts = torch.cumsum(self.lengths, 0) - self.lengths
         crow = torch.cat([self.starts, self.columns.new_tensor([self.columns.numel()])])
         with warnings.catch_warnings():  # "sparse CSR support is in beta state"
             warnings.simplefilter("ignore")
@@ -502,14 +507,22 @@ def _attend_decodes(
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     # The softmax of each row over its entries: one dense softmax over [rows, width], padded with -inf where
-    # the rows' lengths differ (segment reductions over the flat entries took several times longer).
+    # the rows' lengths differ (segment reductions over the flat entries took several times longer), unless
+    # the padding would be most of it.
     padded_at = pattern.padded_at
     if padded_at is None:
         weights = torch.softmax(scores.view(-1, pattern.width), dim=-1).view(-1)
-    else:
+    elif pattern.dense_softmax:
         padded = scores.new_full((decodes.size * heads * pattern.width,), float("-inf"))
         padded.scatter_(0, padded_at, scores)
         weights = torch.softmax(padded.view(-1, pattern.width), dim=-1).view(-1).index_select(0, padded_at)
+    else:
+        lengths = pattern.lengths
+        top = torch.segment_reduce(scores, "max", lengths=lengths)
+        weights = (scores - top.repeat_interleave(lengths, output_size=scores.numel())).exp_()
+        weights /= torch.segment_reduce(weights, "sum", lengths=lengths).repeat_interleave(
+            lengths, output_size=scores.numel()
+        )
     attended = F.embedding_bag(pattern.columns, values, pattern.starts, mode="sum", per_sample_weights=weights)
     return attended.view(decodes.size, heads, -1).to(q.dtype)
 

@@ -142,3 +142,42 @@ def test_prompts_of_one_length_attend_their_own_keys_without_gathers_and_give_tr
     with torch.no_grad():
         want = reference(torch.tensor([[*p, t] for p, t in zip(prompts, [4, 5, 6], strict=True)])).logits[:, -1]
     assert (model.forward(following, cache) - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("context_lens", "softmax"),
+    [
+        ([6, 6, 6], "equal lengths: one dense softmax"),
+        ([6, 4, 5], "padded with -inf"),
+        ([40, 0, 1], "by segments: padding would be most of it"),
+    ],
+)
+def test_decode_attention_equals_dense_attention_whatever_the_lengths(context_lens, softmax):
+    from modelport_transformers.paged import LayerCache, _attend_decodes, _Decodes
+
+    generator = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, block = 4, 2, 8, 4
+    pool = LayerCache(16, block, kv_heads, dim, dtype=torch.float32, device="cpu")
+    for tensor in (pool.keys, pool.values):
+        tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    order = torch.randperm(16, generator=generator)  # scattered blocks
+    needed = [(c + block) // block for c in context_lens]
+    table = torch.zeros(len(context_lens), max(needed), dtype=torch.int64)
+    used = 0
+    for i, count in enumerate(needed):
+        table[i, :count] = order[used : used + count]
+        used += count
+    count = len(context_lens)
+    decodes = _Decodes(torch.arange(count), torch.arange(count), torch.tensor(context_lens), table, block)
+    q = torch.randn(count, heads, dim, generator=generator)
+    got = _attend_decodes(decodes, q, pool, 0.3, None, None)
+    pattern = decodes.pattern(None, heads, kv_heads, torch.float32, pool.keys.view(-1, dim).shape[0])
+    assert (pattern.padded_at is None) == softmax.startswith("equal")
+    assert pattern.dense_softmax == (not softmax.startswith("by segments"))
+    for i, context in enumerate(context_lens):
+        index = torch.arange(context + 1)
+        slots = table[i, index // block] * block + index % block
+        keys, values = pool.read(pool.pool_rows(slots))  # [K, kv_heads, dim]
+        keys, values = (t.repeat_interleave(heads // kv_heads, dim=1).transpose(0, 1) for t in (keys, values))
+        want = torch.softmax(q[i][:, None] @ keys.transpose(1, 2) * 0.3, -1) @ values  # [heads, 1, dim]
+        assert (got[i] - want[:, 0]).abs().max() < 1e-5
