@@ -116,6 +116,13 @@ class LayerCache:
         head = torch.arange(heads, device=slots.device)
         return ((slots // bs * heads)[:, None] + head[None, :]).mul_(bs).add_((slots % bs)[:, None]).view(-1)
 
+    def pool_rows_once(self, memo: dict[int, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        """:meth:`pool_rows` of ``slots``, kept in ``memo`` by number of heads: a step computes them once a shape."""
+        rows = memo.get(self.num_kv_heads)
+        if rows is None:
+            rows = memo[self.num_kv_heads] = self.pool_rows(slots)
+        return rows
+
     def write(self, rows: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store ``key`` and ``value`` (``[N, kv_heads, head_dim]``) at pool ``rows`` (from :meth:`pool_rows`).
 
@@ -317,10 +324,7 @@ class _Group:
 
     def key_rows(self, cache: LayerCache) -> torch.Tensor:
         """The pool rows of the members' keys in a layer like ``cache`` (computed once per number of heads)."""
-        rows = self._key_rows.get(cache.num_kv_heads)
-        if rows is None:
-            rows = self._key_rows[cache.num_kv_heads] = cache.pool_rows(self.key_slots)
-        return rows
+        return cache.pool_rows_once(self._key_rows, self.key_slots)
 
     def mask(self, sliding_window: int | None) -> torch.Tensor:
         """``[S, 1, Q, L]``, true where a query may see a key: causal, within the window if one is given."""
@@ -401,10 +405,7 @@ class PagedStep:
 
     def new_rows(self, cache: LayerCache) -> torch.Tensor:
         """The pool rows the step's new keys and values go to in a layer like ``cache`` (once per number of heads)."""
-        rows = self._new_rows.get(cache.num_kv_heads)
-        if rows is None:
-            rows = self._new_rows[cache.num_kv_heads] = cache.pool_rows(self.slots)
-        return rows
+        return cache.pool_rows_once(self._new_rows, self.slots)
 
     def decode_group(self) -> _Group:
         """The decoding sequences as one padded, masked group (where the sparse products cannot serve a layer)."""
