@@ -308,8 +308,9 @@ class Rotation:
     def apply_pair(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(apply(q), apply(k))``, in one pass where ``k``'s heads follow ``q``'s in memory.
 
-        That is so when q and k are column views of one product's output (:func:`stacked_linear`
-        over weights in one tensor); the rotated pair are then views of one new tensor.
+        That is so when q and k are column views of one product's output: :func:`stacked_linear`'s
+        packed or upcast product (bfloat16, float16); the rotated pair are then views of one new tensor.
+        Float32 q and k come from separate products and are rotated one after the other.
         """
         tokens, heads, dim = q.shape
         if (
