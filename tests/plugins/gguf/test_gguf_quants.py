@@ -114,7 +114,25 @@ def test_dequantisation_into_an_existing_tensor_fills_it_in_place():
     assert torch.equal(target, dequantize(raw, "Q8_0", (40, 32), torch.float32).to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "IQ2_XS", "IQ1_S", "TQ1_0"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K"])
+def test_k_quant_factors_computed_for_several_chunks_at_once_stay_bit_exact(monkeypatch, type_name):
+    """Q4_K and Q5_K decode their sub-block factors a span of chunks at a time; spans and chunks end mid-tensor."""
+    import gguf
+    from gguf.quants import dequantize as numpy_dequantize
+
+    import modelport_gguf.quants as quants
+
+    monkeypatch.setattr(quants, "CHUNK_ELEMENTS", 7 * 256)  # chunks of 7 blocks
+    monkeypatch.setattr(quants, "SCALE_CHUNKS", 3)  # factors for 21 blocks at a time: spans at 0, 21 and 42 of 50
+    raw = random_blocks(type_name, 50, 11)
+    want = numpy_dequantize(raw.reshape(-1), gguf.GGMLQuantizationType[type_name]).reshape(-1).astype(np.float32)
+    got = dequantize(torch.from_numpy(raw.reshape(-1)), type_name, (50 * 256,), torch.float32)
+    assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+    rounded = dequantize(torch.from_numpy(raw.reshape(-1)), type_name, (50, 256), torch.bfloat16)
+    assert torch.equal(rounded, torch.from_numpy(want).reshape(50, 256).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "Q5_K", "IQ2_XS", "IQ1_S", "TQ1_0"])
 def test_blocks_at_an_odd_address_dequantise_alike(type_name):
     """Scales are read in place where the bytes allow it, and through a copy where they start at an odd byte."""
     raw = random_blocks(type_name, 20, 7).reshape(-1)
