@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class PluginDistribution:
 
 
 def make_plugin_distribution(
-    site: Path, name: str, code: str, *, version: str = "0.1.0", module: str | None = None
+    site: str | os.PathLike[str], name: str, code: str, *, version: str = "0.1.0", module: str | None = None
 ) -> PluginDistribution:
     """Write an installed distribution ``name`` whose ``modelport.plugins`` entry point is ``module``.
 
@@ -54,6 +55,7 @@ def make_plugin_distribution(
 
     Call :meth:`PluginDistribution.activate` to make it visible.
     """
+    site = Path(site)
     module = module or name.replace("-", "_").replace(".", "_")
     site.mkdir(parents=True, exist_ok=True)
     (site / f"{module}.py").write_text(textwrap.dedent(code))

@@ -16,6 +16,7 @@ one-dimensional tensors stay F32, as llama.cpp keeps them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,8 @@ def _random_k_blocks(n_elements: int, qtype: Any, seed: int) -> Any:
 
 
 def write_gguf(
-    hf_folder: Path,
-    path: Path,
+    hf_folder: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     ggml_type: str = "F32",
     *,
     split_max_tensors: int = 0,
@@ -103,6 +104,7 @@ def write_gguf(
         tokenizer: write the ``tokenizer.ggml.*`` metadata.
         gguf_architecture: write this ``general.architecture`` (and key prefix) instead of llama.cpp's.
     """
+    hf_folder, path = Path(hf_folder), Path(path)
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
@@ -195,8 +197,11 @@ def _write_tokenizer(writer: Any, hf_folder: Path) -> None:
         writer.add_chat_template(template)
 
 
-def make_tiny_gguf(path: Path, ggml_type: str = "F32", architecture: str = "llama", **tiny: Any) -> Path:
+def make_tiny_gguf(
+    path: str | os.PathLike[str], ggml_type: str = "F32", architecture: str = "llama", **tiny: Any
+) -> Path:
     """A kit model written to GGUF at ``path``; its Hugging Face folder is ``path.parent / (path.stem + "-hf")``."""
+    path = Path(path)
     from modelport.testing.models import make_tiny_model
 
     hf = make_tiny_model(path.parent / f"{path.stem}-hf", architecture, **tiny)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -195,7 +196,12 @@ def _train_byte_bpe(text: str, merges: int) -> list[bytes]:
 
 
 def write_tekken(
-    path: Path, *, vocab_size: int = 384, num_special_tokens: int = 40, version: str = "v7", text: str = _TRAINING_TEXT
+    path: str | os.PathLike[str],
+    *,
+    vocab_size: int = 384,
+    num_special_tokens: int = 40,
+    version: str = "v7",
+    text: str = _TRAINING_TEXT,
 ) -> Path:
     """Write a tekken tokenizer file at ``path`` (a ``tekken.json``) and return ``path``.
 
@@ -208,6 +214,7 @@ def write_tekken(
         version: the tokenizer version mistral-common reads (``v3``, ``v7``, ``v11``, ``v13``...).
         text: the training text.
     """
+    path = Path(path)
     if num_special_tokens < len(TEKKEN_SPECIAL_TOKENS):
         raise ValueError(f"num_special_tokens must be at least {len(TEKKEN_SPECIAL_TOKENS)}")
     inner = _train_byte_bpe(text, max(0, vocab_size - num_special_tokens - 256))
@@ -247,13 +254,14 @@ def _is_utf8(token: bytes) -> bool:
     return True
 
 
-def write_sentencepiece(path: Path, *, vocab_size: int = 320, text: str = _TRAINING_TEXT) -> Path:
+def write_sentencepiece(path: str | os.PathLike[str], *, vocab_size: int = 320, text: str = _TRAINING_TEXT) -> Path:
     """Train a SentencePiece BPE model on ``text`` and write it at ``path`` (``tokenizer.model.v3``, say).
 
     Ids 0, 1, 2 are ``<unk>``, ``<s>``, ``</s>``, followed by Mistral's control
     symbols (``[INST]``, ``[/INST]``...); unknown bytes fall back to byte pieces.
     ``vocab_size`` is an upper bound: the trainer stops when the text runs out.
     """
+    path = Path(path)
     import io
 
     import sentencepiece
@@ -279,8 +287,8 @@ def write_sentencepiece(path: Path, *, vocab_size: int = 320, text: str = _TRAIN
 
 
 def make_mistral_folder(
-    hf_folder: Path,
-    path: Path,
+    hf_folder: str | os.PathLike[str],
+    path: str | os.PathLike[str],
     *,
     tokenizer: str | None = "tekken",
     weights: str = "safetensors",
@@ -305,6 +313,7 @@ def make_mistral_folder(
         drop_params: keys to leave out of ``params.json``.
         tokenizer_version: the tekken version to write.
     """
+    hf_folder, path = Path(hf_folder), Path(path)
     import torch
     from safetensors.torch import load_file, save_file
 

@@ -9,6 +9,7 @@ or ``torch.save`` of its state dict for the ``.bin`` form.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,12 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(path: Path, vocab_size: int = 384, text: str = _TRAINING_TEXT) -> Any:
+def make_tokenizer(path: str | os.PathLike[str], vocab_size: int = 384, text: str = _TRAINING_TEXT) -> Any:
     """Train a byte-level BPE tokenizer on ``text`` and save it (tokenizer.json and friends) in ``path``.
 
     Returns the ``PreTrainedTokenizerFast``. Token ids 0, 1, 2 are ``<unk>``, ``<s>``, ``</s>``.
     """
+    path = Path(path)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +64,7 @@ def make_tokenizer(path: Path, vocab_size: int = 384, text: str = _TRAINING_TEXT
 
 
 def make_tiny_model(
-    path: Path,
+    path: str | os.PathLike[str],
     architecture: str = "llama",
     *,
     hidden_size: int = 64,
@@ -98,6 +100,7 @@ def make_tiny_model(
         seed: random seed for the weights.
         **config_overrides: more config fields (``rope_scaling``, ``sliding_window``, ``num_local_experts``...).
     """
+    path = Path(path)
     import torch
     import transformers
 
