@@ -6,7 +6,9 @@ taking the device string (``cuda``, ``cuda:1``) and returning why that device
 cannot be used here, or ``None`` when it can. Core asks it before a model is
 built on the device, so that ``device="cuda"`` on a machine without a GPU fails
 at once with a :class:`~modelport.errors.DeviceUnavailableError` that says so,
-not deep inside torch after the weights were read. ``device="auto"`` becomes
+not deep inside torch after the weights were read. A device type that no
+installed executor registered (``cuda`` for :func:`modelport.load` without
+modelport-cuda) is checked with torch instead. ``device="auto"`` becomes
 the first registered device type other than ``cpu`` (in name order) whose
 check passes, else ``cpu``.
 """
@@ -60,6 +62,40 @@ def resolve_device(device: str, registry: Registry, *, need_executor: bool = Fal
             f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
         )
     reason = unavailable_reason(device, registry)
+    if reason is None and device.split(":")[0] not in executors:
+        # No installed executor vouches for this type (``cuda`` without modelport-cuda, for
+        # modelport.load): ask torch, or the model would fail half-built with torch's own
+        # AssertionError or RuntimeError instead of this typed error.
+        reason = torch_unavailable_reason(device)
     if reason is not None:
         raise DeviceUnavailableError(device, reason)
     return device, "given by the device option"
+
+
+def torch_unavailable_reason(device: str) -> str | None:
+    """Why torch cannot build on ``device`` here, or ``None`` when it can or has no way to tell.
+
+    Used for device types that no installed executor registered (an executor's own
+    check knows its device better). A type torch does not know is refused; a type
+    whose torch module has ``is_available`` (``cuda``, ``mps``, ``xpu``...) must be
+    available, and an index must be below its ``device_count``; anything else
+    (``meta``) is left to torch.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        return f"torch {torch.__version__} knows no device type {device.split(':')[0]!r}; use device='cpu'"
+    backend = getattr(torch, parsed.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):
+        return None
+    if not is_available():
+        return f"torch {torch.__version__} finds no {parsed.type} device on this machine; use device='cpu'"
+    device_count = getattr(backend, "device_count", None)
+    if parsed.index is not None and callable(device_count):
+        count = int(device_count())
+        if parsed.index >= count:
+            return f"this machine has {count} {parsed.type} device(s)"
+    return None
