@@ -179,10 +179,80 @@ def _rope_thetas(hf_text_config: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def check_config_values(hf_text_config: Any) -> None:
-    """Refuse size fields that are NaN, infinite, zero, negative or of the wrong type.
+#: RoPE parameters that must be finite numbers when set (``None`` means unset): every RoPE scheme does arithmetic
+#: with them, so a string or a list there fails deep inside a model's build otherwise.
+ROPE_NUMBER_FIELDS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "attention_factor",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+)
 
-    Fields that are absent or ``None`` pass (other rules decide what they
+
+def _rope_parameter_sets(hf_text_config: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """Each set of RoPE parameters with the field name it sits under (one per layer type when nested)."""
+    name = "rope_parameters"
+    params = getattr(hf_text_config, name, None)
+    if params is None:
+        name, params = "rope_scaling", getattr(hf_text_config, "rope_scaling", None)
+    if not isinstance(params, Mapping) or not params:
+        return []
+    if all(isinstance(value, Mapping) for value in params.values()):  # per layer type
+        return [(f"{name}.{kind}", nested) for kind, nested in params.items()]
+    return [(name, params)]
+
+
+def _rope_problem(hf_text_config: Any) -> tuple[str, Any, str] | None:
+    """The first RoPE value of the wrong type or range: ``(field, value, problem)``, or ``None``.
+
+    Ranges are checked only where no published config goes beyond them: the
+    ``factor`` and ``original_max_position_embeddings`` are positive, and
+    ``partial_rotary_factor`` (in the RoPE parameters or at the top level)
+    lies in ``(0, 1]``, since it picks the rotated part of each head.
+    """
+    fraction = getattr(hf_text_config, "partial_rotary_factor", None)
+    found: list[tuple[str, Any]] = [("partial_rotary_factor", fraction)]
+    for prefix, params in _rope_parameter_sets(hf_text_config):
+        found += [(f"{prefix}.{key}", params.get(key)) for key in ("rope_type", "type", "partial_rotary_factor")]
+        found += [(f"{prefix}.{key}", params.get(key)) for key in ROPE_NUMBER_FIELDS]
+        found.append((f"{prefix}.original_max_position_embeddings", params.get("original_max_position_embeddings")))
+        for key in ("long_factor", "short_factor"):
+            value = params.get(key)
+            if value is not None and (not isinstance(value, list) or any(_number_problem(v, False) for v in value)):
+                return f"{prefix}.{key}", value, "expected a list of positive numbers"
+    for field, value in found:
+        if value is None:
+            continue
+        key = field.rsplit(".", 1)[-1]
+        if key in ("rope_type", "type"):
+            if not isinstance(value, str):
+                return field, value, "expected the name of a RoPE type"
+        elif key == "partial_rotary_factor":
+            problem = _number_problem(value, False)
+            if problem is None and value > 1:
+                problem = "expected a fraction of the head in (0, 1]"
+            if problem is not None:
+                return field, value, problem
+        elif key in ("factor", "original_max_position_embeddings"):
+            problem = _number_problem(value, key == "original_max_position_embeddings")
+            if problem is not None:
+                return field, value, problem
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return field, value, "expected a finite number"
+    return None
+
+
+def check_config_values(hf_text_config: Any) -> None:
+    """Refuse size fields that are NaN, infinite, zero, negative or of the wrong type, and RoPE values likewise.
+
+    RoPE parameters of the wrong type (a string ``factor``, a ``rope_type``
+    that is not a name, a ``partial_rotary_factor`` above 1) are refused here
+    too (:func:`_rope_problem`), before either the native models or the
+    Transformers backend do arithmetic with them. Fields that are absent or ``None`` pass (other rules decide what they
     default to), and so does ``head_dim: 0`` (:data:`ZERO_MEANS_UNSET`). The error names the
     field and value; the file is ``config`` (the pipeline puts the config's own location in).
 
@@ -203,6 +273,10 @@ def check_config_values(hf_text_config: Any) -> None:
             problem = f"more than {MAX_HIDDEN_LAYERS} layers; no real model has that many"
         if problem is not None:
             raise InvalidConfigError("config", problem, field=name, value=value)
+    rope = _rope_problem(hf_text_config)
+    if rope is not None:
+        field, value, problem = rope
+        raise InvalidConfigError("config", problem, field=field, value=value)
 
 
 def _count(config: Any, *names: str) -> int:
@@ -306,6 +380,7 @@ __all__ = [
     "PARAMETERS_PER_FILE_BYTE",
     "PARAMETER_SLACK",
     "POSITIVE_FLOAT_FIELDS",
+    "ROPE_NUMBER_FIELDS",
     "POSITIVE_INT_FIELDS",
     "ZERO_MEANS_UNSET",
     "check_config_values",

@@ -144,4 +144,14 @@ def _rejected(where: str, by: str, exc: Exception, data: dict[str, Any]) -> Inva
                     field, value = f"{key}.{field}", nested[field]
                     break
         return InvalidConfigError(where, detail, field=field, value=value)
+    # transformers' message names no field ("'<' not supported between 'str' and 'int'"): modelport's own
+    # checks of sizes and RoPE values, run on the raw file, name the first value of the wrong type.
+    from types import SimpleNamespace
+
+    from modelport.config_checks import check_config_values
+
+    try:
+        check_config_values(SimpleNamespace(**{k: v for k, v in data.items() if isinstance(k, str)}))
+    except InvalidConfigError as found:
+        return InvalidConfigError(where, detail, field=found.field, value=found.value)
     return InvalidConfigError(where, detail)

@@ -231,3 +231,37 @@ def test_a_hub_cache_file_relinked_outside_the_cache_is_refused(tiny_repo, hub_s
     # The cache's own links (snapshot -> blobs) are what every other test loads through.
     (snapshot / "config.json").unlink()
     assert modelport.load("org/tiny").weights.loaded
+
+
+# --- RoPE values, shard indexes and .bin entries of the wrong type (issue 11, second round) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("rope", "field", "value"),
+    [
+        ({"rope_type": 5}, "rope_parameters.rope_type", 5),
+        ({"rope_type": "yarn", "factor": "x", "original_max_position_embeddings": 64}, "rope_parameters.factor", "x"),
+        ({"rope_type": "linear", "factor": [2.0]}, "rope_parameters.factor", [2.0]),
+        ({"partial_rotary_factor": "x"}, "rope_parameters.partial_rotary_factor", "x"),
+        ({"partial_rotary_factor": 5.0}, "rope_parameters.partial_rotary_factor", 5.0),
+        ({"rope_type": "yarn", "factor": 4.0, "beta_fast": "fast"}, "rope_parameters.beta_fast", "fast"),
+        ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0.5}, None, 0.5),
+    ],
+)
+def test_a_rope_value_of_the_wrong_type_is_an_invalid_config_before_the_model_is_built(model, rope, field, value):
+    config = json.loads((model / "config.json").read_text())
+    config["rope_parameters"].update(rope)
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True, dtype="float32")
+    field = field or "rope_parameters.original_max_position_embeddings"
+    assert info.value.field == field and repr(value) in str(info.value) and str(model) in str(info.value)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1])
+def test_a_partial_rotary_factor_in_range_still_loads(model, fraction):
+    config = json.loads((model / "config.json").read_text())
+    config["rope_parameters"]["partial_rotary_factor"] = fraction
+    (model / "config.json").write_text(json.dumps(config))
+    loaded = modelport.load(str(model), skip_tokenizer_init=True, dtype="float32")
+    assert loaded.weights.loaded and loaded.resolved.hf_text_config.rope_parameters["partial_rotary_factor"] == fraction
