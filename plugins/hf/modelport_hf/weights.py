@@ -22,10 +22,18 @@ NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.
 def _shards_from_index(source: Source, index: str) -> tuple[str, ...]:
     path = source.fetch(index)
     try:
-        weight_map = load_json_file(path)["weight_map"]
-        shards = tuple(sorted(set(weight_map.values())))
+        entries = list(load_json_file(path)["weight_map"].items())
     except (InvalidConfigError, KeyError, TypeError, AttributeError) as exc:
         raise WeightsCorruptError(str(path), f"not a valid shard index ({type(exc).__name__}: {exc})") from exc
+    for tensor, shard in entries:
+        if not isinstance(shard, str):
+            raise WeightsCorruptError(
+                str(path), f"field 'weight_map' names {shard!r} as the shard of {tensor!r}; expected a file name"
+            )
+    shards = tuple(sorted({shard for _, shard in entries}))
+    if not shards:
+        # No shard would read as "no file to read", which is how load_format='dummy' asks for random weights.
+        raise WeightsCorruptError(str(path), "field 'weight_map' is empty: the index names no shard")
     outside = [s for s in shards if not is_plain_relative(s)]
     if outside:
         raise WeightsMissingError(str(path), f"names shards outside the model folder: {', '.join(map(repr, outside))}")
@@ -155,4 +163,11 @@ def iter_pt(weights: WeightFiles) -> Iterator[tuple[str, Any]]:
             ) from exc
         if not isinstance(state, dict):
             raise WeightsCorruptError(str(path), f"expected a state dict, found {type(state).__name__}")
-        yield from state.items()
+        for key, value in state.items():
+            # weights_only still unpickles ints, strings and nested containers: only named tensors are weights.
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise WeightsCorruptError(
+                    str(path),
+                    f"entry {key!r} holds {type(value).__name__}; a state dict maps tensor names to tensors",
+                )
+            yield key, value

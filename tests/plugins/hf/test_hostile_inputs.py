@@ -265,3 +265,31 @@ def test_a_partial_rotary_factor_in_range_still_loads(model, fraction):
     (model / "config.json").write_text(json.dumps(config))
     loaded = modelport.load(str(model), skip_tokenizer_init=True, dtype="float32")
     assert loaded.weights.loaded and loaded.resolved.hf_text_config.rope_parameters["partial_rotary_factor"] == fraction
+
+
+def test_an_index_with_an_empty_weight_map_is_refused_not_read_as_random_weights(model):
+    (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    with pytest.raises(WeightsCorruptError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True)
+    assert "model.safetensors.index.json" in str(info.value) and "'weight_map' is empty" in str(info.value)
+
+
+def test_an_index_naming_a_shard_by_a_number_names_the_tensor_and_the_value(model):
+    _sharded(model, "model.safetensors")
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = 5
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightsCorruptError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True)
+    assert "names 5 as the shard of 'lm_head.weight'" in str(info.value)
+
+
+@pytest.mark.parametrize(("state", "shown"), [({"lm_head.weight": 5}, "'lm_head.weight' holds int"), ({1: "x"}, "1")])
+def test_a_pytorch_checkpoint_entry_that_is_not_a_named_tensor_is_a_weights_error(model, state, shown):
+    import torch
+
+    (model / "model.safetensors").unlink()
+    torch.save(state, model / "pytorch_model.bin")
+    with pytest.raises(WeightsCorruptError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True)
+    assert "pytorch_model.bin" in str(info.value) and f"entry {shown}" in str(info.value)
