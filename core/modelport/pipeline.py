@@ -511,7 +511,13 @@ def load(reference: str, *, host: PluginHost | None = None, **options: Any) -> L
         cls = run.registry.load(resolved.architecture.target)
         if opts.tensor_parallel_size > 1:
             _check_shard(cls, resolved)
-        model = cls.from_config(resolved.hf_config, dtype=resolved.dtype, device=opts.device)
+        try:
+            model = cls.from_config(resolved.hf_config, dtype=resolved.dtype, device=opts.device)
+        except InvalidConfigError as exc:
+            # A model class sees a config object, not its file: name the file the config came from.
+            raise InvalidConfigError(
+                resolved.config_source.location, exc.detail, field=exc.field, value=exc.value
+            ) from exc
         info["reason"] = f"built on {opts.device} in {resolved.dtype}"
 
     answer = run.ask(

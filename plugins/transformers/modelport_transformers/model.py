@@ -18,7 +18,7 @@ import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from modelport.errors import ModelportError
+from modelport.errors import InvalidConfigError, ModelportError
 from modelport.pipeline import WeightReport
 from modelport.weight_checks import check_weight_fits
 
@@ -75,8 +75,13 @@ class TransformersModel:
             # The module keeps the config it is given and records its attention function there: a copy
             # leaves the caller's config (the pipeline's, a user's) as it was.
             hf_config = copy.deepcopy(hf_config)
-        with torch.device("meta"), initialization.no_tie_weights():
-            module = model_cls._from_config(hf_config, dtype=getattr(torch, dtype), **kwargs)
+        try:
+            with torch.device("meta"), initialization.no_tie_weights():
+                module = model_cls._from_config(hf_config, dtype=getattr(torch, dtype), **kwargs)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+            # transformers validates few values before building (an unknown hidden_act or rope_type is a
+            # KeyError in a layer's constructor): each such failure means "this config is wrong".
+            raise _unbuildable(model_cls, hf_config, exc) from exc
         return cls(module.eval(), device=device)
 
     def load_weights(self, weights: Iterable[tuple[str, Any]]) -> WeightReport:
@@ -445,3 +450,27 @@ class _Slots:
             slots[key] = value
         self._held.setdefault(id(value), []).extend(places)
         return value
+
+
+def _unbuildable(model_cls: Any, hf_config: Any, exc: Exception) -> InvalidConfigError:
+    """The :class:`InvalidConfigError` for a config transformers could not build ``model_cls`` from.
+
+    A ``KeyError`` carries the value that was looked up (``ACT2FN['nope']``): the
+    config field holding that value, at the top level or one level down
+    (``rope_parameters.rope_type``), is named with it. The file is ``config``;
+    the pipeline puts the config's own location in.
+    """
+    detail = f"transformers could not build {model_cls.__name__}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyError) and exc.args:
+        wanted = exc.args[0]
+        to_dict = getattr(hf_config, "to_dict", None)
+        data = to_dict() if callable(to_dict) else {}
+        for key, value in data.items():
+            if type(value) is type(wanted) and value == wanted:
+                return InvalidConfigError("config", detail, field=key, value=value)
+        for key, nested in data.items():
+            if isinstance(nested, dict):
+                for inner, value in nested.items():
+                    if type(value) is type(wanted) and value == wanted:
+                        return InvalidConfigError("config", detail, field=f"{key}.{inner}", value=value)
+    return InvalidConfigError("config", detail)
