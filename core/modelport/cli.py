@@ -491,6 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+#: A reference that starts with a scheme (``shelf:``, ``s3://``): a plugin's, never a repository id.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def _not_here_note(args: argparse.Namespace, exc: Exception) -> str:
     """A bare name that failed as a repository id may have been meant as a local folder: say it is not one."""
     from pathlib import Path
@@ -499,6 +503,10 @@ def _not_here_note(args: argparse.Namespace, exc: Exception) -> str:
 
     reference = getattr(args, "reference", None)
     if not reference or "no such file or folder" in str(exc):
+        return ""
+    if _SCHEME.match(reference):
+        # ``shelf:NAME``, ``s3://...``: a plugin's own scheme, not a repository id (those have no
+        # ``:`` before their ``/``), and its plugin said what was wrong; a note would be false.
         return ""
     if not isinstance(exc, (ReferenceNotFoundError, DownloadError, OfflineMissError, AccessDeniedError)):
         return ""
