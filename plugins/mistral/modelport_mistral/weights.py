@@ -32,7 +32,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from modelport.errors import WeightsCorruptError
 from modelport.types import WeightFiles
+from modelport.weight_checks import current_weight_file
 
 _TOP = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -85,12 +87,32 @@ class ConsolidatedNames:
         self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
 
     def __call__(self, name: str, tensor: Any) -> tuple[str, Any]:
-        """The Hugging Face name and the tensor, permuted for ``wq``/``wk``."""
-        if name.endswith(".attention.wq.weight"):
-            tensor = from_interleaved_rope(tensor, self.num_heads)
-        elif name.endswith(".attention.wk.weight"):
-            tensor = from_interleaved_rope(tensor, self.num_kv_heads)
-        return hf_name(name), tensor
+        """The Hugging Face name and the tensor, permuted for ``wq``/``wk``.
+
+        Only names of the table are permuted (``evil.attention.wq.weight`` passes
+        through unchanged, to be reported unexpected).
+
+        Raises:
+            WeightsCorruptError: a ``wq``/``wk`` that is not a matrix whose rows split into pairs per head
+                (naming the file, the tensor and its shape), which the permutation could not reshape.
+        """
+        mapped = hf_name(name)
+        if mapped == name:
+            return mapped, tensor
+        if mapped.endswith(".self_attn.q_proj.weight"):
+            heads = self.num_heads
+        elif mapped.endswith(".self_attn.k_proj.weight"):
+            heads = self.num_kv_heads
+        else:
+            return mapped, tensor
+        shape = tuple(tensor.shape)
+        if len(shape) != 2 or shape[0] % (2 * heads):
+            raise WeightsCorruptError(
+                current_weight_file(),
+                f"tensor {name!r} has shape {list(shape)}; a rotary projection of {heads} heads is a matrix "
+                f"whose rows are a multiple of {2 * heads} (2 x heads)",
+            )
+        return mapped, from_interleaved_rope(tensor, heads)
 
 
 def iter_consolidated(weights: WeightFiles, hf_config: Any) -> Iterator[tuple[str, Any]]:

@@ -169,3 +169,37 @@ def test_model_parallel_pth_parts_are_refused_by_name(mistral_model):
     with pytest.raises(WeightsCorruptError) as caught:
         modelport.resolve(str(folder), skip_tokenizer_init=True)
     assert "consolidated.00.pth, consolidated.01.pth" in str(caught.value) and "slices" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("layers.0.attention.wq.weight", [64]),
+        ("layers.0.attention.wq.weight", []),
+        ("layers.0.attention.wq.weight", [63, 64]),
+        ("layers.1.attention.wk.weight", [2, 16, 64]),
+    ],
+)
+def test_a_rotary_projection_the_permutation_cannot_reshape_names_file_tensor_and_shape(mistral_model, name, shape):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = mistral_model()
+    path = folder / "consolidated.safetensors"
+    state = load_file(str(path))
+    state[name] = torch.zeros(shape)
+    save_file(state, str(path))
+    with pytest.raises(WeightsCorruptError) as caught:
+        modelport.load(str(folder), skip_tokenizer_init=True)
+    assert str(path) in str(caught.value) and f"tensor {name!r} has shape {shape}" in str(caught.value)
+
+
+def test_a_name_that_only_ends_like_a_rotary_projection_is_left_alone_and_reported_unexpected(mistral_model):
+    from safetensors.torch import load_file, save_file
+
+    _, folder = mistral_model()
+    path = folder / "consolidated.safetensors"
+    state = load_file(str(path))
+    state["extra.attention.wq.weight"] = torch.zeros(5)
+    save_file(state, str(path))
+    loaded = modelport.load(str(folder), skip_tokenizer_init=True)
+    assert loaded.weights.unexpected == ("extra.attention.wq.weight",)
