@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelport.errors import TokenizerError
+from modelport.config_checks import check_json_size
+from modelport.errors import InvalidConfigError, TokenizerError
 from modelport.types import Source
 
 
@@ -139,6 +140,12 @@ def load_tokenizer(source: Source, file: str) -> MistralCommonTokenizer:
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     path = source.fetch(file)
+    if path.suffix == ".json":
+        # tekken.json is parsed whole by mistral-common: the same size cap as every other JSON file of a model.
+        try:
+            check_json_size(path)
+        except InvalidConfigError as exc:
+            raise TokenizerError(str(path), exc.detail) from exc
     try:
         mistral = MistralTokenizer.from_file(str(path))
     except Exception as exc:  # mistral-common raises ValueError, AssertionError, KeyError, its own types...

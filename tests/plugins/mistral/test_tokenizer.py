@@ -149,3 +149,16 @@ def test_llm_chat_and_generate_go_through_mistral_common(mistral_model):
     assert generated.text == reference.decode(generated.token_ids)
     [plain] = llm.generate("Hello world", params)
     assert plain.prompt_token_ids == reference.instruct_tokenizer.tokenizer.encode("Hello world", bos=True, eos=False)
+
+
+def test_a_tekken_file_over_the_json_size_cap_is_a_tokenizer_error_before_it_is_parsed(mistral_model, monkeypatch):
+    from modelport.config_checks import MAX_JSON_BYTES_ENV
+
+    _, folder = mistral_model()
+    size = (folder / "tekken.json").stat().st_size
+    monkeypatch.setenv(MAX_JSON_BYTES_ENV, str(size - 1))
+    with pytest.raises(TokenizerError) as caught:
+        modelport.load(str(folder))
+    assert str(folder / "tekken.json") in str(caught.value) and MAX_JSON_BYTES_ENV in str(caught.value)
+    monkeypatch.setenv(MAX_JSON_BYTES_ENV, str(size))
+    assert modelport.load(str(folder)).tokenizer is not None
