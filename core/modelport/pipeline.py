@@ -210,10 +210,9 @@ class _Run:
                     f"it exists locally, but no plugin took it (asked: {asked}; is modelport.builtin.local disabled?)"
                 )
             else:
-                detail = (
-                    "it is not a local path and no installed plugin recognises it "
-                    f"(asked: {asked}; install modelport-hf for Hugging Face ids)"
-                )
+                # Advise modelport-hf only where it is missing: it was asked, and passed, otherwise.
+                hint = "" if "modelport-hf" in answer.asked else "; install modelport-hf for Hugging Face ids"
+                detail = f"it is not a local path and no installed plugin recognises it (asked: {asked}{hint})"
             raise ReferenceNotFoundError(reference, detail)
         source: Source = answer.value
         return source

@@ -19,6 +19,8 @@ def _looks_like_path(reference: str) -> bool:
     return (
         reference.startswith(("/", "./", "../", "~", ".\\", "..\\"))
         or reference in (".", "..")
+        # ``my-model/`` names a folder: no repository id ends in a slash.
+        or reference.endswith("/")
         or (os.sep != "/" and os.sep in reference)
         # Repository ids have one slash at most (``org/name``): ``models/llama/7b`` is a relative path.
         or reference.count("/") > 1
@@ -32,7 +34,7 @@ def modelport_classify_reference(reference: str, options: LoadOptions) -> Decisi
 
     ``"default"`` (:data:`modelport.DEFAULT_REFERENCE`) names the model shipped in
     the package, unless a path of that name exists. A reference that is plainly a
-    path (``/``, ``./``, ``~``, two slashes or more, a model file's suffix such as
+    path (``/``, ``./``, ``~``, a trailing ``/``, two slashes or more, a model file's suffix such as
     ``.gguf``...) but does not exist raises :class:`~modelport.errors.ReferenceNotFoundError` at once,
     rather than being tried as a remote repository id.
     """
