@@ -180,12 +180,19 @@ def runner_of(architectures: list[str] | None) -> str:
     return "pooling" if not architectures else "generate"
 
 
+#: Prefixes of dtype names that no model runs in (integer, boolean and complex types).
+_NOT_FLOATING = ("int", "uint", "bool", "complex", "qint", "quint")
+
+
 def resolve_dtype(option: str, hf_config: Any, *, device: str = "cpu") -> str:
     """The dtype the model will run in.
 
     ``auto`` keeps the checkpoint's dtype, except that float32 (or no stated
     dtype) becomes what vLLM picks on the device: bfloat16, or float16 for
     pooling models; model types unstable in float16 get bfloat16 instead.
+
+    Raises:
+        InvalidConfigError: with ``auto``, a checkpoint dtype that is not floating-point (``int8``, ``bool``).
     """
     if option != "auto":
         return _DTYPE_ALIASES.get(option, option)
@@ -194,6 +201,15 @@ def resolve_dtype(option: str, hf_config: Any, *, device: str = "cpu") -> str:
     if runner_of(getattr(hf_config, "architectures", None)) == "pooling" and model_type not in NO_FLOAT16:
         preferred = "float16"
     found = checkpoint_dtype(hf_config) or "float32"
+    if found.startswith(_NOT_FLOATING):
+        # A model runs in a floating-point dtype; "int8" or "bool" would fail deep inside the build.
+        raise InvalidConfigError(
+            "config",
+            "the checkpoint's dtype is not a floating-point type a model can run in; "
+            "pass dtype='bfloat16' (or another floating-point dtype) to choose one",
+            field="dtype",
+            value=found,
+        )
     if found == "float32":
         return preferred
     if found == "float16" and model_type in NO_FLOAT16:

@@ -324,8 +324,8 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     start = time.perf_counter()
     hf_text = text_config(hf_config)
     format_dtype = _format_default_dtype(registry, config_format) if opts.dtype == "auto" else None
-    dtype = format_dtype or resolve_dtype(opts.dtype, hf_config, device=opts.device)
     try:
+        dtype = format_dtype or resolve_dtype(opts.dtype, hf_config, device=opts.device)
         caps = length_caps(lambda name: _json_beside(source, name), hf_config)  # vLLM's tokenizer/ST caps
         max_len = resolve_max_model_len(opts.max_model_len, hf_text, **caps)
         facts = model_facts(hf_config, hf_text)

@@ -293,3 +293,12 @@ def test_a_pytorch_checkpoint_entry_that_is_not_a_named_tensor_is_a_weights_erro
     with pytest.raises(WeightsCorruptError) as info:
         modelport.load(str(model), skip_tokenizer_init=True)
     assert "pytorch_model.bin" in str(info.value) and f"entry {shown}" in str(info.value)
+
+
+@pytest.mark.parametrize("stated", ["int8", "bool", "uint8"])
+def test_a_checkpoint_dtype_that_is_not_floating_point_is_an_invalid_config_under_auto(model, stated):
+    _edit_config(model, dtype=stated)
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.load(str(model), skip_tokenizer_init=True)
+    assert info.value.field == "dtype" and info.value.value == stated and str(model) in str(info.value)
+    assert modelport.load(str(model), skip_tokenizer_init=True, dtype="float32").weights.loaded  # the way out
