@@ -7,6 +7,7 @@ and, where there is a closed list of valid values, lists them. The CLI prints
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 
@@ -41,7 +42,10 @@ class UnknownOptionError(InvalidOptionError):
         self.option = option
         self.value = None
         self.valid = sorted(set(valid))
-        ValueError.__init__(self, f"unknown option {option!r}; valid options: {', '.join(self.valid)}")
+        # A misspelt keyword (``dtyp``, ``max_len``) is the usual cause: name the likely one first.
+        close = difflib.get_close_matches(option, self.valid, n=1) if isinstance(option, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        ValueError.__init__(self, f"unknown option {option!r}{hint}; valid options: {', '.join(self.valid)}")
 
 
 class PluginError(ModelportError):
