@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -461,10 +462,26 @@ def _shape_of(host: Any, hook: str) -> str:
     return "register many"
 
 
+def _flag_hint(parser: argparse.ArgumentParser, command: str | None, unknown: Sequence[str]) -> str:
+    """`` (did you mean --dtype?)`` for misspelt flags: argparse names the flag it refused, not the one meant."""
+    flags: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            flags = [f for a in action.choices[command]._actions for f in a.option_strings if f.startswith("--")]
+    meant = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.partition("=")[0], flags, n=1) if arg.startswith("--") else []
+        if close and close[0] not in meant:
+            meant.append(close[0])
+    return f" (did you mean {', '.join(meant)}?)" if meant else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelport`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{_flag_hint(parser, args.command, unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
