@@ -246,6 +246,35 @@ def _rope_problem(hf_text_config: Any) -> tuple[str, Any, str] | None:
     return None
 
 
+#: Attributes that count routed experts (as ``modelport.facts.EXPERT_COUNT_KEYS``, without the import).
+EXPERT_COUNT_FIELDS = ("num_experts", "moe_num_experts", "n_routed_experts", "num_local_experts")
+
+
+def _expert_problem(hf_text_config: Any) -> tuple[str, Any, str] | None:
+    """A ``num_experts_per_tok`` that cannot choose among the experts: ``(field, value, problem)``, or ``None``.
+
+    Checked only where the config states more than one expert (a dense config may
+    carry a meaningless ``num_experts_per_tok``): it must be a positive integer no
+    larger than the expert count, or routing fails at the first token (or, at 0,
+    every MoE layer silently outputs zeros).
+    """
+    experts = next(
+        (
+            value
+            for name in EXPERT_COUNT_FIELDS
+            if isinstance(value := getattr(hf_text_config, name, None), int) and not isinstance(value, bool)
+        ),
+        0,
+    )
+    per_token = getattr(hf_text_config, "num_experts_per_tok", None)
+    if experts <= 1 or per_token is None:
+        return None
+    problem = _number_problem(per_token, True)
+    if problem is None and per_token > experts:
+        problem = f"more experts per token than the {experts} experts the config states"
+    return None if problem is None else ("num_experts_per_tok", per_token, problem)
+
+
 def check_config_values(hf_text_config: Any) -> None:
     """Refuse size fields that are NaN, infinite, zero, negative or of the wrong type, and RoPE values likewise.
 
@@ -273,6 +302,10 @@ def check_config_values(hf_text_config: Any) -> None:
             problem = f"more than {MAX_HIDDEN_LAYERS} layers; no real model has that many"
         if problem is not None:
             raise InvalidConfigError("config", problem, field=name, value=value)
+    experts = _expert_problem(hf_text_config)
+    if experts is not None:
+        field, value, problem = experts
+        raise InvalidConfigError("config", problem, field=field, value=value)
     rope = _rope_problem(hf_text_config)
     if rope is not None:
         field, value, problem = rope
@@ -292,9 +325,11 @@ def parameter_lower_bound(resolved: ResolvedModel) -> int:
 
     Counted: the embedding (``vocab_size x hidden_size``) and, per layer, the
     query and output projections (``2 x hidden_size x heads x head_dim``) and
-    two MLP matrices (``2 x hidden_size x intermediate_size``). Left out, so
+    two MLP matrices (``2 x hidden_size x intermediate_size``), and for a
+    mixture of experts one layer's experts (``num_experts x 2 x hidden_size x
+    moe_intermediate_size``, else ``intermediate_size``). Left out, so
     the bound stays below any real model of that config: key/value
-    projections, a third (gated) MLP matrix, further experts, norms, biases
+    projections, a third (gated) MLP matrix, the experts of further layers, norms, biases
     and the output head. Multi-head latent attention counts no attention.
     """
     facts, text = resolved.facts, resolved.hf_text_config
@@ -305,7 +340,10 @@ def parameter_lower_bound(resolved: ResolvedModel) -> int:
     if not facts.uses_mla and facts.num_attention_heads and facts.head_dim:
         per_layer += 2 * hidden * facts.num_attention_heads * facts.head_dim
     per_layer += 2 * hidden * _count(text, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
-    return max(0, total + layers * per_layer)
+    # A mixture of experts has at least one layer of num_experts experts, each at least two matrices of
+    # hidden x its width (moe_intermediate_size where stated apart from the dense layers' width).
+    moe = facts.num_experts * 2 * hidden * _count(text, "moe_intermediate_size", "intermediate_size")
+    return max(0, total + layers * per_layer + moe)
 
 
 def _machine_memory() -> int | None:
@@ -343,6 +381,7 @@ def check_model_fits(resolved: ResolvedModel) -> None:
         f"hidden_size={facts.hidden_size}, num_hidden_layers={facts.num_hidden_layers}, "
         f"vocab_size={facts.vocab_size}, intermediate_size="
         f"{_count(resolved.hf_text_config, 'intermediate_size', 'ffn_dim', 'n_inner', 'ffn_hidden_size')}"
+        + (f", num_experts={facts.num_experts}" if facts.num_experts else "")
     )
     files = resolved.weight_files
     where = resolved.config_source.location
@@ -374,6 +413,7 @@ def check_model_fits(resolved: ResolvedModel) -> None:
 
 __all__ = [
     "DEFAULT_MAX_JSON_BYTES",
+    "EXPERT_COUNT_FIELDS",
     "MAX_JSON_BYTES_ENV",
     "MAX_HIDDEN_LAYERS",
     "MAX_JSON_DEPTH",

@@ -302,3 +302,31 @@ def test_a_checkpoint_dtype_that_is_not_floating_point_is_an_invalid_config_unde
         modelport.load(str(model), skip_tokenizer_init=True)
     assert info.value.field == "dtype" and info.value.value == stated and str(model) in str(info.value)
     assert modelport.load(str(model), skip_tokenizer_init=True, dtype="float32").weights.loaded  # the way out
+
+
+@pytest.fixture(scope="module")
+def tiny_mixtral(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("hostile") / "mx", "mixtral", num_hidden_layers=1, tokenizer=False)
+
+
+@pytest.mark.parametrize(
+    ("per_token", "problem"), [(8, "more experts per token than the 4"), (0, "positive"), (-1, "positive")]
+)
+def test_experts_per_token_that_cannot_choose_among_the_experts_is_an_invalid_config(
+    tiny_mixtral, tmp_path, per_token, problem
+):
+    folder = shutil.copytree(tiny_mixtral, tmp_path / "mx")
+    _edit_config(folder, num_experts_per_tok=per_token)
+    with pytest.raises(InvalidConfigError, match=problem) as info:
+        modelport.resolve(str(folder), skip_tokenizer_init=True)
+    assert info.value.field == "num_experts_per_tok" and info.value.value == per_token
+
+
+def test_a_million_experts_over_a_file_of_four_fails_before_anything_is_allocated(tiny_mixtral, tmp_path):
+    folder = shutil.copytree(tiny_mixtral, tmp_path / "mx")
+    _edit_config(folder, num_local_experts=10**6)
+    start = time.perf_counter()
+    with pytest.raises(InvalidConfigError, match="num_experts=1000000") as info:
+        modelport.load(str(folder), skip_tokenizer_init=True, dtype="float32")
+    assert time.perf_counter() - start < 2.0 and "weight files" in str(info.value)
+    assert modelport.load(str(tiny_mixtral), skip_tokenizer_init=True, dtype="float32").weights.loaded
