@@ -362,3 +362,40 @@ def test_half_precision_stays_close_to_the_reference(dtype, tmp_path, one_thread
     got = PagedRunner(loaded.model).step({0: ids}, all_logits=True).double()
     expected = reference_logits(tensors, config, ids.tolist())
     assert (got - expected).abs().max().item() < 0.15 * expected.abs().max().item()
+
+
+# --- hostile configs: ChatGLM's config class checks no type, the native shape does ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("ffn_hidden_size", "x"),
+        ("ffn_hidden_size", 0),
+        ("kv_channels", "16"),
+        ("multi_query_group_num", "2"),
+        ("multi_query_group_num", 0),
+        ("rope_ratio", "x"),
+        ("rope_ratio", -1.0),
+        ("layernorm_epsilon", "x"),
+        ("layernorm_epsilon", math.nan),
+    ],
+)
+def test_a_chatglm_field_of_the_wrong_type_or_sign_is_an_invalid_config_naming_folder_field_and_value(
+    tmp_path, field, value
+):
+    from modelport.errors import InvalidConfigError
+
+    folder = tmp_path / "glm"
+    write_model(folder, config_of())
+    (folder / "config.json").write_text(json.dumps(config_of(**{field: value})))
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.load(str(folder), dtype="float32", skip_tokenizer_init=True)
+    assert info.value.field == field and repr(value) in str(info.value) and str(folder) in str(info.value)
+
+
+def test_chatglm_fields_left_at_zero_or_null_keep_their_defaults(tmp_path):
+    folder = tmp_path / "glm"
+    write_model(folder, config_of())
+    (folder / "config.json").write_text(json.dumps(config_of(kv_channels=0, rope_ratio=None)))  # 64 / 4 heads
+    assert modelport.load(str(folder), dtype="float32", skip_tokenizer_init=True).weights.loaded

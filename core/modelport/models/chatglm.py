@@ -32,6 +32,7 @@ GLM-4V (a ``vision_config``) and P-tuning prefixes (``pre_seq_len``) are not imp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -258,9 +259,23 @@ def chatglm_shape(hf_config: Any) -> ChatGLMShape:
         )
     heads = int(hf_config.num_attention_heads)
     hidden = int(hf_config.hidden_size)
-    head_dim = int(getattr(hf_config, "kv_channels", None) or hidden // heads)
+
+    def positive(name: str, default: Any, *, integer: bool = True, zero_unset: bool = True) -> Any:
+        # ChatGLM's remote-code config class checks no type: a string or NaN here would fail deep in the build
+        # (or make NaN logits), so each field is a positive number, or unset (absent, null, or 0 where the
+        # field was always read with ``or default``).
+        value = getattr(hf_config, name, None)
+        if value is None or (zero_unset and value == 0 and not isinstance(value, bool)):
+            return default
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
+            expected = "a positive integer" if integer else "a finite positive number"
+            raise InvalidConfigError(where, f"expected {expected}", field=name, value=value)
+        return value
+
+    head_dim = int(positive("kv_channels", hidden // heads))
     multi_query = bool(getattr(hf_config, "multi_query_attention", False))
-    kv_heads = int(getattr(hf_config, "multi_query_group_num", 1)) if multi_query else heads
+    kv_heads = int(positive("multi_query_group_num", 1, zero_unset=False)) if multi_query else heads
     if kv_heads < 1 or heads % kv_heads:
         raise InvalidConfigError(
             where,
@@ -272,19 +287,22 @@ def chatglm_shape(hf_config: Any) -> ChatGLMShape:
         raise InvalidConfigError(
             where, "kv_channels must be a multiple of 4 (half of each head turns in pairs)", field="kv_channels"
         )
-    rope_ratio = float(getattr(hf_config, "rope_ratio", None) or 1.0)
+    rope_ratio = float(positive("rope_ratio", 1.0, integer=False))
     add_bias_linear = bool(getattr(hf_config, "add_bias_linear", False))
-    vocab = getattr(hf_config, "padded_vocab_size", None) or hf_config.vocab_size
+    vocab = positive("padded_vocab_size", None) or hf_config.vocab_size
+    ffn_hidden_size = positive("ffn_hidden_size", None, zero_unset=False)
+    if ffn_hidden_size is None:
+        raise InvalidConfigError(where, "expected a positive integer", field="ffn_hidden_size")
     return ChatGLMShape(
         vocab_size=int(vocab),
         hidden_size=hidden,
-        num_layers=int(getattr(hf_config, "num_layers", None) or hf_config.num_hidden_layers),
+        num_layers=int(positive("num_layers", None) or hf_config.num_hidden_layers),
         num_heads=heads,
         num_kv_heads=kv_heads,
         multi_query=multi_query,
         head_dim=head_dim,
-        ffn_hidden_size=int(hf_config.ffn_hidden_size),
-        eps=float(getattr(hf_config, "layernorm_epsilon", 1e-5)),
+        ffn_hidden_size=int(ffn_hidden_size),
+        eps=float(positive("layernorm_epsilon", 1e-5, integer=False, zero_unset=False)),
         rmsnorm=bool(getattr(hf_config, "rmsnorm", True)),
         qkv_bias=add_bias_linear or bool(getattr(hf_config, "add_qkv_bias", False)),
         linear_bias=add_bias_linear,
