@@ -21,6 +21,9 @@ from modelport.registry import Registry
 #: The value of the ``device`` option that picks a device from what is installed and present.
 AUTO = "auto"
 
+#: Device types whose executor comes from a plugin of this repository: named when it is missing.
+_EXECUTOR_PLUGINS = {"cuda": "modelport-cuda"}
+
 
 def unavailable_reason(device: str, registry: Registry) -> str | None:
     """Why ``device`` cannot be used here, by its executor's registered check; ``None`` if it can (or none checks)."""
@@ -56,13 +59,15 @@ def resolve_device(device: str, registry: Registry, *, need_executor: bool = Fal
                 return name, f"device='auto': {name} is present ({entry.plugin})"
         return "cpu", "device='auto': no other registered device is present here"
     executors = registry.names("executor")
-    if need_executor and device.split(":")[0] not in executors:
+    kind = device.split(":")[0]
+    if need_executor and kind not in executors:
         # Checked before loading: no point reading weights that nothing can run.
+        hint = f"; install {_EXECUTOR_PLUGINS[kind]} for it" if kind in _EXECUTOR_PLUGINS else ""
         raise ExecutorError(
-            f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'})"
+            f"no installed executor drives device {device!r} (registered: {', '.join(executors) or 'none'}){hint}"
         )
     reason = unavailable_reason(device, registry)
-    if reason is None and device.split(":")[0] not in executors:
+    if reason is None and kind not in executors:
         # No installed executor vouches for this type (``cuda`` without modelport-cuda, for
         # modelport.load): ask torch, or the model would fail half-built with torch's own
         # AssertionError or RuntimeError instead of this typed error.

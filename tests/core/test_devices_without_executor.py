@@ -55,3 +55,13 @@ def test_load_on_an_absent_cuda_is_a_device_unavailable_error_before_building(no
     folder = toy_model()
     with pytest.raises(DeviceUnavailableError, match="finds no cuda device"):
         modelport.load(str(folder), device="cuda")
+
+
+def test_llm_on_cuda_without_modelport_cuda_names_the_plugin_to_install():
+    from modelport.errors import ExecutorError
+
+    with pytest.raises(ExecutorError) as caught:
+        resolve_device("cuda:0", _cpu_only(), need_executor=True)
+    assert str(caught.value) == (
+        "no installed executor drives device 'cuda:0' (registered: cpu); install modelport-cuda for it"
+    )
