@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from modelport.errors import InvalidOptionError
+from modelport.errors import ExecutorError, InvalidOptionError
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +145,13 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.greedy:
         return int(torch.argmax(logits))
     probs = torch.softmax(filter_logits(logits.float(), params), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    try:
+        return int(torch.multinomial(probs, 1, generator=generator))
+    except RuntimeError as exc:  # multinomial refuses NaN, infinite or negative probabilities
+        raise ExecutorError(
+            "no token can be sampled: the model's logits hold NaN or infinite values (corrupt weights, or config "
+            "values such as a norm epsilon that make them so)"
+        ) from exc
 
 
 def sample_greedy(logits: torch.Tensor) -> list[int]:

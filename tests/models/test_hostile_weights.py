@@ -94,3 +94,13 @@ def test_a_tied_head_the_checkpoint_leaves_out_is_not_missing(tmp_path):
     folder = make_tiny_model(tmp_path / "m", tokenizer=False, num_hidden_layers=1, tie_word_embeddings=True)
     loaded = _load(folder, "native")
     assert not loaded.weights.missing
+
+
+def test_nan_weights_give_a_typed_error_when_a_token_is_sampled(tmp_path):
+    from modelport.errors import ExecutorError
+
+    folder = make_tiny_model(tmp_path / "m", num_hidden_layers=1, tokenizer=False)
+    _rewrite(folder / "model.safetensors", lambda s: s["model.norm.weight"].fill_(float("nan")))
+    llm = modelport.LLM(str(folder), skip_tokenizer_init=True, dtype="float32")
+    with pytest.raises(ExecutorError, match="NaN or infinite"):
+        llm.generate([[1, 5, 7]], modelport.SamplingParams(max_tokens=2, temperature=1.0))
