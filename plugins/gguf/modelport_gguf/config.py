@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,12 +149,32 @@ def build_config(
             config = transformers.AutoConfig.for_model(table.model_type, **values)
         else:
             config = cls(**values)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidConfigError(
-            str(header.path),
-            f"the metadata does not make a {table.model_type} config ({exc})",
-            field="general.architecture",
-            value=arch,
-        ) from exc
+    except Exception as exc:  # transformers 5 validates through huggingface_hub's StrictDataclassError too
+        raise _not_a_config(header, table, arch, values, exc) from exc
     config.architectures = [table.architecture]
     return config, name, plugin
+
+
+_FIELD_IN_MESSAGE = re.compile(r"for field '([^']+)'")
+
+
+def _not_a_config(
+    header: GGUFHeader, table: GGUFArchitecture, arch: str, values: Mapping[str, Any], exc: Exception
+) -> InvalidConfigError:
+    """The error for metadata the config class refused: naming the GGUF key (and value) behind the field, if known.
+
+    transformers' strict config classes name the field (``rms_norm_eps``) in
+    their message; the key the metadata stated it under
+    (``llama.attention.layer_norm_rms_epsilon``) is what the user can find in
+    the file. Otherwise ``general.architecture`` is named, as the table it chose.
+    """
+    detail = f"the metadata does not make a {table.model_type} config ({type(exc).__name__}: {exc})"
+    match = _FIELD_IN_MESSAGE.search(str(exc))
+    attr = match.group(1) if match else None
+    for suffix, name in table.config_keys.items():
+        key = f"{arch}.{suffix}"
+        if name == attr and key in header.metadata:
+            return InvalidConfigError(str(header.path), detail, field=key, value=header.metadata[key])
+    if attr is not None and attr in values:
+        return InvalidConfigError(str(header.path), detail, field=attr, value=values[attr])
+    return InvalidConfigError(str(header.path), detail, field="general.architecture", value=arch)

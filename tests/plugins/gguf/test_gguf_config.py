@@ -152,3 +152,25 @@ def test_the_corpus_files_configs(corpus, registry):
     )
     config, _, _ = build_config(read_header(corpus / "ggml-vocab-starcoder.gguf"), registry)
     assert (config.model_type, config.num_key_value_heads, config.max_position_embeddings) == ("starcoder2", 2, 16384)
+
+
+def test_metadata_the_strict_config_class_refuses_is_an_invalid_config_naming_the_gguf_key(tmp_path, registry):
+    values = {k: v for k, v in COMMON.items() if k != "attention.layer_norm_rms_epsilon"}
+    path = write_metadata(tmp_path / "eps.gguf", "llama", values, **{"attention.layer_norm_rms_epsilon": "x"})
+    with pytest.raises(InvalidConfigError) as info:
+        build_config(read_header(path), registry)
+    assert (info.value.file, info.value.field, info.value.value) == (
+        str(path),
+        "llama.attention.layer_norm_rms_epsilon",
+        "x",
+    )
+
+
+@pytest.mark.parametrize(("key", "value"), [("attention.head_count", 3), ("attention.key_length", 15)])
+def test_sizes_the_config_class_finds_inconsistent_are_an_invalid_config_naming_the_file(
+    tmp_path, registry, key, value
+):
+    path = write_metadata(tmp_path / "bad.gguf", "llama", {**COMMON, key: value})
+    with pytest.raises(InvalidConfigError, match="does not make a llama config") as info:
+        build_config(read_header(path), registry)
+    assert info.value.file == str(path)
