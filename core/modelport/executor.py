@@ -321,7 +321,11 @@ class CPUExecutor:
         else:
             try:
                 ids = list(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else [int(t) for t in prompt]
-            except Exception as exc:  # a prompt the tokenizer cannot encode fails alone, never the whole batch
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a prompt the tokenizer cannot encode fails alone, never the whole batch
+                # BaseException: a panic in a Rust tokenizer (a tokenizer.json regex that backtracks past onig's
+                # retry limit on this prompt) reaches Python as pyo3's PanicException, which is not an Exception.
                 ids, unreadable = [], f"the prompt could not be encoded ({type(exc).__name__}: {exc})"
         generator = None
         if params.seed is not None:

@@ -61,3 +61,18 @@ def test_a_prompt_whose_encode_raises_fails_alone_and_the_others_finish(llm):
     assert results[1].outputs[0].finish_reason == "error"
     assert results[0].error is None and len(results[0].outputs[0].token_ids) == 8
     assert results[2].error is None and len(results[2].outputs[0].token_ids) == 8
+
+
+def test_a_tokenizer_regex_that_panics_on_a_prompt_fails_that_prompt_alone(tmp_path):
+    import json
+
+    folder = make_tiny_model(tmp_path / "m", num_hidden_layers=1, max_position_embeddings=64)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    # Catastrophic backtracking: onig gives up past its retry limit and the Rust tokenizer panics.
+    split = {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}
+    tokenizer["pre_tokenizer"] = split
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    llm = modelport.LLM(str(folder), dtype="float32", model_impl="native")
+    results = llm.generate(["Hello world", "a" * 40 + "!"], GREEDY)
+    assert results[1].error.startswith("the prompt could not be encoded (PanicException")
+    assert results[0].error is None and len(results[0].outputs[0].token_ids) == 8
