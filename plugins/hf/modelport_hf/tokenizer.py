@@ -145,9 +145,11 @@ class CachedTokenizer:
         check_chat_template(self, location, arguments)
         try:
             return render(conversation, *args, **kwargs)
-        except TokenizerError:
+        except (TokenizerError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # transformers' ValueErrors, jinja2's TemplateErrors...: all typed
+        except BaseException as exc:  # transformers' ValueErrors, jinja2's TemplateErrors...: all typed
+            # BaseException: tokenizing the rendered prompt may panic in the Rust tokenizer (a tokenizer.json
+            # regex backtracking past onig's retry limit), which reaches Python as pyo3's PanicException.
             raise TokenizerError(location, f"the chat template failed: {type(exc).__name__}: {exc}") from exc
 
     def __setattr__(self, key: str, value: Any) -> None:

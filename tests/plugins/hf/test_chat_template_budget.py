@@ -133,3 +133,21 @@ def test_the_watchdog_never_fires_after_a_rendering_finished():
             stopped += 1
     time.sleep(0.05)
     assert 0 < stopped < 40
+
+
+def test_a_tokenizer_regex_that_panics_on_the_rendered_prompt_is_a_tokenizer_error(tmp_path):
+    import json
+
+    folder = make_tiny_model(tmp_path / "m", num_hidden_layers=1)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    # Catastrophic backtracking: onig gives up past its retry limit and the Rust tokenizer panics.
+    tokenizer["pre_tokenizer"] = {
+        "type": "Split",
+        "pattern": {"Regex": "(a+)+$"},
+        "behavior": "Isolated",
+        "invert": False,
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    tokenizer = modelport.load(str(folder), load_format="dummy").tokenizer
+    with pytest.raises(TokenizerError, match="PanicException"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "a" * 40 + "!"}], tokenize=True)
