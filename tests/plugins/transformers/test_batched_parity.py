@@ -121,14 +121,6 @@ def write_tiny_model(path: Path, architecture: str, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture
-def hf_and_backend(monkeypatch):
-    monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
-    modelport.plugins.reset_host()
-    yield
-    modelport.plugins.reset_host()
-
-
 def _reference(folder: Path) -> Any:
     from transformers import AutoModelForCausalLM
 

@@ -19,12 +19,8 @@ from modelport.errors import InvalidConfigError
 pytest.importorskip("modelport_hf", reason="reading a model folder needs modelport-hf")
 
 
-@pytest.fixture(autouse=True)
-def hf_and_backend(monkeypatch):
-    monkeypatch.setenv("MODELPORT_PLUGINS", "modelport-hf,modelport-transformers")
-    modelport.plugins.reset_host()
-    yield
-    modelport.plugins.reset_host()
+#: Only modelport-hf and modelport-transformers answer (conftest.py).
+pytestmark = pytest.mark.usefixtures("hf_and_backend")
 
 
 @pytest.mark.parametrize("model_impl", ["auto", "transformers"])
