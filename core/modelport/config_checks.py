@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelport.errors import InvalidConfigError
+from modelport.facts import num_experts
 
 if TYPE_CHECKING:
     from modelport.pipeline import ResolvedModel
@@ -246,26 +247,15 @@ def _rope_problem(hf_text_config: Any) -> tuple[str, Any, str] | None:
     return None
 
 
-#: Attributes that count routed experts (as ``modelport.facts.EXPERT_COUNT_KEYS``, without the import).
-EXPERT_COUNT_FIELDS = ("num_experts", "moe_num_experts", "n_routed_experts", "num_local_experts")
-
-
 def _expert_problem(hf_text_config: Any) -> tuple[str, Any, str] | None:
     """A ``num_experts_per_tok`` that cannot choose among the experts: ``(field, value, problem)``, or ``None``.
 
     Checked only where the config states more than one expert (a dense config may
     carry a meaningless ``num_experts_per_tok``): it must be a positive integer no
-    larger than the expert count, or routing fails at the first token (or, at 0,
-    every MoE layer silently outputs zeros).
+    larger than the expert count (:func:`modelport.facts.num_experts`), or routing
+    fails at the first token (or, at 0, every MoE layer silently outputs zeros).
     """
-    experts = next(
-        (
-            value
-            for name in EXPERT_COUNT_FIELDS
-            if isinstance(value := getattr(hf_text_config, name, None), int) and not isinstance(value, bool)
-        ),
-        0,
-    )
+    experts = num_experts(hf_text_config)
     per_token = getattr(hf_text_config, "num_experts_per_tok", None)
     if experts <= 1 or per_token is None:
         return None
@@ -413,7 +403,6 @@ def check_model_fits(resolved: ResolvedModel) -> None:
 
 __all__ = [
     "DEFAULT_MAX_JSON_BYTES",
-    "EXPERT_COUNT_FIELDS",
     "MAX_JSON_BYTES_ENV",
     "MAX_HIDDEN_LAYERS",
     "MAX_JSON_DEPTH",
