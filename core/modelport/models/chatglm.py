@@ -32,7 +32,6 @@ GLM-4V (a ``vision_config``) and P-tuning prefixes (``pre_seq_len``) are not imp
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelport.config_checks import _number_problem
 from modelport.errors import InvalidConfigError
 from modelport.models.attention import BatchLayout, paged_attention
 from modelport.models.kv_cache import PagedKVCache
@@ -267,10 +267,9 @@ def chatglm_shape(hf_config: Any) -> ChatGLMShape:
         value = getattr(hf_config, name, None)
         if value is None or (zero_unset and value == 0 and not isinstance(value, bool)):
             return default
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
-            expected = "a positive integer" if integer else "a finite positive number"
-            raise InvalidConfigError(where, f"expected {expected}", field=name, value=value)
+        problem = _number_problem(value, integer)
+        if problem is not None:
+            raise InvalidConfigError(where, problem, field=name, value=value)
         return value
 
     head_dim = int(positive("kv_channels", hidden // heads))
