@@ -22,6 +22,8 @@ parsing special tokens, and user-defined ones always). ``add_bos_token`` /
 
 from __future__ import annotations
 
+import array
+from collections.abc import Callable
 from typing import Any
 
 from modelport.errors import TokenizerError
@@ -126,6 +128,44 @@ def _int(header: Any, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _numbers(header: Any, key: str, n: int, where: str) -> list[Any] | None:
+    """The numeric array ``key`` holding one entry per token, or ``None`` when absent.
+
+    Raises:
+        TokenizerError: a value that is not a numeric array, or one of another length.
+    """
+    value = header.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, array.array):
+        raise TokenizerError(where, f"{key} is not an array of numbers but {_shown(value)}")
+    if len(value) != n:
+        raise TokenizerError(where, f"{key} has {len(value)} entries for {n} tokens")
+    return list(value)
+
+
+def _string(header: Any, key: str, default: str, where: str) -> str:
+    value = header.get(key, default)
+    if not isinstance(value, str):
+        raise TokenizerError(where, f"{key} is not a string but {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A short description of a metadata value for a message: its type, and the value when it is short."""
+    text = repr(value)
+    kind = type(value).__name__
+    return f"{kind} {text}" if len(text) <= 60 else f"a {kind} of {len(value)} entries"
+
+
+def _tokenizers_model(where: str, build: Callable[[], Any]) -> Any:
+    """``build()``, with the tokenizers library's refusal (a plain ``Exception`` from Rust) as a TokenizerError."""
+    try:
+        return build()
+    except Exception as exc:  # the Rust side raises plain Exception (e.g. "Token `x` out of vocabulary")
+        raise TokenizerError(where, f"the tokenizer.ggml.* metadata does not make a tokenizer: {exc}") from exc
+
+
 def build_tokenizer(header: Any) -> Any:
     """The ``PreTrainedTokenizerFast`` that ``header``'s ``tokenizer.ggml.*`` metadata describes.
 
@@ -140,9 +180,7 @@ def build_tokenizer(header: Any) -> Any:
     tokens = header.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
         raise TokenizerError(where, "tokenizer.ggml.tokens is absent or not a list of strings")
-    types = list(header.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
-    if len(types) != len(tokens):
-        raise TokenizerError(where, f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    types = _numbers(header, "tokenizer.ggml.token_type", len(tokens), where) or [NORMAL] * len(tokens)
     if model == "llama":
         tokenizer = _spm(header, tokens, types, where)
     elif model == "gpt2":
@@ -159,8 +197,8 @@ def build_tokenizer(header: Any) -> Any:
         token_id = _int(header, f"tokenizer.ggml.{key}_token_id")
         if token_id is not None and 0 <= token_id < len(tokens):
             specials[name] = tokens[token_id]
-    if model == "bert":
-        specials.setdefault("cls_token", tokens[_int(header, "tokenizer.ggml.cls_token_id") or 101])
+    if model == "bert" and _int(header, "tokenizer.ggml.cls_token_id") is None and len(tokens) > 101:
+        specials.setdefault("cls_token", tokens[101])  # BERT's [CLS] id, as llama.cpp assumes without the key
     _post_process(tokenizer, header, tokens, model)
     template = header.get("tokenizer.chat_template")
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
@@ -201,13 +239,12 @@ def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> lis
 def _spm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     from tokenizers import Tokenizer, decoders, models, normalizers
 
-    scores = list(header.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
-    if len(scores) != len(tokens):
-        raise TokenizerError(where, f"tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
+    scores = _numbers(header, "tokenizer.ggml.scores", len(tokens), where) or [0.0] * len(tokens)
     vocab = {t: i for i, t in enumerate(tokens)}
     unk_id = _int(header, "tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-    bpe = models.BPE(vocab, _spm_merges(tokens, scores, types), unk_token=unk, byte_fallback=True, fuse_unk=True)
+    merges = _spm_merges(tokens, scores, types)
+    bpe = _tokenizers_model(where, lambda: models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
     tokenizer = Tokenizer(bpe)
     prefix = bool(header.get("tokenizer.ggml.add_space_prefix", True))
     steps = [normalizers.Prepend("▁")] if prefix else []
@@ -224,22 +261,22 @@ def _bpe(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     merges_raw = header.get("tokenizer.ggml.merges")
-    if not isinstance(merges_raw, list):
-        raise TokenizerError(where, "a gpt2 tokenizer needs tokenizer.ggml.merges")
+    if not isinstance(merges_raw, list) or not all(isinstance(merge, str) for merge in merges_raw):
+        raise TokenizerError(where, "a gpt2 tokenizer needs tokenizer.ggml.merges, an array of strings")
     merges = []
     for merge in merges_raw:
         cut = merge.find(" ", 1)
         if cut < 0:
             raise TokenizerError(where, f"tokenizer.ggml.merges holds {merge!r}, not two tokens separated by a space")
         merges.append((merge[:cut], merge[cut + 1 :]))
-    pre = header.get("tokenizer.ggml.pre", "default")
+    pre = _string(header, "tokenizer.ggml.pre", "default", where)
     if pre not in PRE_TOKENIZERS:
         raise TokenizerError(
             where, f"tokenizer.ggml.pre={pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
     expressions, ignore_merges = PRE_TOKENIZERS[pre]
     vocab = {t: i for i, t in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
+    tokenizer = Tokenizer(_tokenizers_model(where, lambda: models.BPE(vocab, merges, ignore_merges=ignore_merges)))
     splits = [pre_tokenizers.Split(Regex(e), behavior="isolated") for e in expressions]
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -263,7 +300,13 @@ def _wpm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
         vocab.setdefault(piece, token_id)
     unk_id = _int(header, "tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else "[UNK]"
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=1 << 20))
+    if unk not in vocab:  # WordPiece would fail on the first unknown word of a prompt, with a bare Exception
+        raise TokenizerError(
+            where, f"a bert tokenizer needs its unknown token: {unk!r} (tokenizer.ggml.unknown_token_id) is not a piece"
+        )
+    tokenizer = Tokenizer(
+        _tokenizers_model(where, lambda: models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=1 << 20))
+    )
     lowercase = bool(header.get("tokenizer.ggml.normalizer.lowercase", True))
     strip = bool(header.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
     tokenizer.normalizer = normalizers.BertNormalizer(

@@ -1,0 +1,86 @@
+"""Hostile ``tokenizer.ggml.*`` metadata: each is a TokenizerError naming the file and the key, never a bare error.
+
+The files are written by gguf-py's own ``GGUFWriter``, as llama.cpp's converter
+writes them, with one key of the wrong type, length or content.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from modelport.errors import TokenizerError
+from modelport_gguf.header import read_header
+from modelport_gguf.tokenizer import build_tokenizer
+
+TOKENS = ["<unk>", "<s>", "</s>", "a", "b", "ab", "Ġ", "Ġa"]
+BERT_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "▁a", "b", "▁ab", "Ġ", "Ġa"]
+MERGES = ["a b", "Ġ a"]
+
+
+def _write(path, model: str, changes: dict):
+    """A GGUF file holding only tokenizer metadata: a valid ``model`` tokenizer, then ``changes`` (key -> value)."""
+    from gguf import GGUFValueType, GGUFWriter
+
+    values = {
+        "tokenizer.ggml.model": model,
+        "tokenizer.ggml.tokens": TOKENS,
+        "tokenizer.ggml.token_type": [2, 3, 3, 1, 1, 1, 1, 1],
+        "tokenizer.ggml.scores": [0.0, 0.0, 0.0, -1.0, -2.0, -0.5, -3.0, -0.7],
+        "tokenizer.ggml.merges": MERGES,
+        "tokenizer.ggml.pre": "gpt-2",
+        **changes,
+    }
+    writer = GGUFWriter(path, "llama")
+    for key, value in values.items():
+        if isinstance(value, bool):
+            writer.add_key_value(key, value, GGUFValueType.BOOL)
+        elif isinstance(value, int):
+            writer.add_key_value(key, value, GGUFValueType.UINT32)
+        elif isinstance(value, str):
+            writer.add_key_value(key, value, GGUFValueType.STRING)
+        else:
+            item = value[0]
+            sub = GGUFValueType.STRING if isinstance(item, str) else GGUFValueType.INT32
+            sub = GGUFValueType.FLOAT32 if isinstance(item, float) else sub
+            writer.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=sub)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama", "bert"])
+def test_the_well_formed_file_builds(tmp_path, model):
+    changes = {"tokenizer.ggml.tokens": BERT_TOKENS, "tokenizer.ggml.cls_token_id": 1} if model == "bert" else {}
+    tokenizer = build_tokenizer(read_header(_write(tmp_path / "t.gguf", model, changes)))
+    assert tokenizer.convert_ids_to_tokens(5) in {"ab", "##ab"}
+
+
+@pytest.mark.parametrize(
+    ("model", "changes", "message"),
+    [
+        ("gpt2", {"tokenizer.ggml.pre": ["gpt-2", "llama3"]}, "tokenizer.ggml.pre is not a string but list"),
+        ("gpt2", {"tokenizer.ggml.merges": [1, 2]}, "tokenizer.ggml.merges, an array of strings"),
+        ("gpt2", {"tokenizer.ggml.merges": ["zz qq"]}, "Token `zz` out of vocabulary"),
+        ("gpt2", {"tokenizer.ggml.token_type": 5}, "tokenizer.ggml.token_type is not an array of numbers but int 5"),
+        ("gpt2", {"tokenizer.ggml.token_type": ["x"] * 8}, "tokenizer.ggml.token_type is not an array of numbers"),
+        ("gpt2", {"tokenizer.ggml.token_type": [1, 1]}, "tokenizer.ggml.token_type has 2 entries for 8 tokens"),
+        ("llama", {"tokenizer.ggml.scores": ["x"] * 8}, "tokenizer.ggml.scores is not an array of numbers"),
+        ("llama", {"tokenizer.ggml.scores": 7}, "tokenizer.ggml.scores is not an array of numbers but int 7"),
+        ("llama", {"tokenizer.ggml.scores": [1.0]}, "tokenizer.ggml.scores has 1 entries for 8 tokens"),
+        ("bert", {}, "a bert tokenizer needs its unknown token: '[UNK]'"),
+    ],
+)
+def test_hostile_tokenizer_metadata_is_a_tokenizer_error_naming_the_file_and_key(tmp_path, model, changes, message):
+    path = _write(tmp_path / "t.gguf", model, changes)
+    with pytest.raises(TokenizerError) as caught:
+        build_tokenizer(read_header(path))
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("changes", [{"tokenizer.ggml.cls_token_id": 10**6}, {}])
+def test_a_bert_cls_id_outside_the_vocabulary_is_dropped_as_llama_cpp_drops_it(tmp_path, changes):
+    """An explicit id past the end, or none with fewer than 102 tokens (BERT's [CLS] is 101): no [CLS], no crash."""
+    path = _write(tmp_path / "t.gguf", "bert", {"tokenizer.ggml.tokens": BERT_TOKENS, **changes})
+    tokenizer = build_tokenizer(read_header(path))
+    assert tokenizer.cls_token is None and tokenizer.encode("ab zz", add_special_tokens=True) == [5, 0]
