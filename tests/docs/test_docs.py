@@ -898,6 +898,62 @@ def test_cli_exit_statuses_are_as_documented(tmp_path, capsys):
     assert usage.value.code == 2
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _message(make: Callable[[], object]) -> str:
+    from modelport.errors import ModelportError
+
+    with pytest.raises(ModelportError) as caught:
+        make()
+    return f"{type(caught.value).__name__}: {caught.value}"
+
+
+def _sampling(**fields: Any) -> Callable[[], object]:
+    def make() -> object:
+        from modelport import SamplingParams
+
+        return SamplingParams(**fields)
+
+    return make
+
+
+def _load_options(**fields: Any) -> Callable[[], object]:
+    def make() -> object:
+        from modelport import LoadOptions
+
+        return LoadOptions.from_kwargs(**fields)
+
+    return make
+
+
+def _corrupt_weights() -> None:
+    from modelport.errors import WeightsCorruptError
+
+    raise WeightsCorruptError("/models/m/model.bin", "header says 7 layers, the file holds 6")
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "cli"),
+    [
+        ("generation.md", _sampling(temperature=-1), False),
+        ("cli.md", _sampling(temperature=-1.0), True),
+        ("errors.md", _load_options(dtype="fp8"), False),
+        ("errors.md", _corrupt_weights, False),
+    ],
+    ids=["generation-temperature", "cli-temperature", "errors-dtype", "errors-weights-corrupt"],
+)
+def test_error_messages_the_pages_quote_are_the_ones_the_code_gives(name, make, cli):
+    """A message quoted in a page is what a reader will see: same words, same values (line breaks aside)."""
+    from modelport.cli import cli_spelling
+
+    kind, _, message = _message(make).partition(": ")
+    shown = f"modelport: error: {cli_spelling(message)}" if cli else message
+    text = _one_line(page(name))
+    assert _one_line(shown) in text or _one_line(f"{kind}: {message}") in text, f"{name} does not quote: {shown}"
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
