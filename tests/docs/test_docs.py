@@ -898,6 +898,64 @@ def test_cli_exit_statuses_are_as_documented(tmp_path, capsys):
     assert usage.value.code == 2
 
 
+def _repository_plugins() -> list[str]:
+    return sorted(f"modelport-{p.parent.name}" for p in ROOT.glob("plugins/*/pyproject.toml"))
+
+
+def _text_after_command(command: str) -> str:
+    """The output shown under ``$ COMMAND`` in cli.md's text blocks, up to the block's end."""
+    [block] = [code for lang, code, _ in code_blocks(page("cli.md")) if code.startswith(f"$ {command}\n")]
+    return block.removeprefix(f"$ {command}\n")
+
+
+@pytest.fixture
+def repository_plugins_only(monkeypatch):
+    """The host of the pages' listings: core and every plugin of the repository, nothing else."""
+    from modelport.plugins import reset_host
+
+    absent = [name for name in _repository_plugins() if not _has_distribution(name)]
+    if absent:
+        pytest.skip(f"the listing shows every plugin of the repository; not installed: {', '.join(absent)}")
+    _allow_only(monkeypatch, *_repository_plugins())
+    yield
+    reset_host()
+
+
+def test_the_plugins_listing_in_the_cli_page_is_what_the_command_prints(repository_plugins_only, capsys):
+    from modelport import cli
+
+    assert cli.main(["plugins"]) == 0
+    assert capsys.readouterr().out == _text_after_command("modelport plugins")
+
+
+def _hook_groups(text: str) -> dict[str, list[str]]:
+    """``modelport plugins --hooks`` output: each hook's header line -> its numbered lines."""
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line == "...":
+            current = None
+        elif line.startswith("  "):
+            assert current is not None, f"an implementation line outside a hook: {line!r}"
+            current.append(line)
+        else:
+            current = groups.setdefault(line, [])
+    return groups
+
+
+def test_the_hook_order_in_the_cli_page_is_what_the_command_prints(repository_plugins_only, capsys):
+    """The listing is abridged by whole hooks: each hook it shows has every implementation, in order."""
+    from modelport import cli
+
+    assert cli.main(["plugins", "--hooks"]) == 0
+    actual = _hook_groups(capsys.readouterr().out)
+    documented = _hook_groups(_text_after_command("modelport plugins --hooks"))
+    assert len(documented) >= 3
+    for header, lines in documented.items():
+        assert header in actual, f"cli.md shows a hook the command does not list: {header}"
+        assert lines == actual[header], f"cli.md's order for {header.split()[0]} differs from the command's"
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
