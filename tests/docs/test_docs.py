@@ -1012,6 +1012,18 @@ def test_error_messages_the_pages_quote_are_the_ones_the_code_gives(name, make, 
     assert _one_line(shown) in text or _one_line(f"{kind}: {message}") in text, f"{name} does not quote: {shown}"
 
 
+def test_the_rank_report_keys_are_the_ones_the_distributed_page_lists():
+    """``ShardedModel.rank_reports()`` returns what each rank's ``rank_report`` says about itself."""
+    import torch
+
+    from modelport.distributed.group import rank_report
+
+    text = _one_line(page("distributed.md"))
+    [listed] = re.findall(r"`rank_reports\(\)` \(a list, in rank order, of `\{([^}]*)\}`", text)
+    documented = set(re.findall(r'"(\w+)"', listed))
+    assert set(rank_report(0, torch.nn.Linear(2, 2), None)) == documented
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
