@@ -1024,6 +1024,19 @@ def test_the_rank_report_keys_are_the_ones_the_distributed_page_lists():
     assert set(rank_report(0, torch.nn.Linear(2, 2), None)) == documented
 
 
+def test_a_plugin_called_a_skeleton_implements_no_hook(monkeypatch):
+    """'A skeleton: installable and discovered, but registering nothing' must stay true of what it names."""
+    from modelport.plugins import get_host
+
+    pages = [ROOT / "README.md", *PAGES.glob("*.md")]
+    named = {m for p in pages for m in re.findall(r"`(modelport-[\w-]+)` is a skeleton", _one_line(p.read_text()))}
+    installed = sorted(name for name in named if _has_distribution(name))
+    _allow_only(monkeypatch, *installed)
+    host = get_host()
+    working = [name for name in installed if host.plugins[name].hooks]
+    assert working == [], "pages call these plugins skeletons, yet they implement hooks"
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
