@@ -1037,6 +1037,35 @@ def test_a_plugin_called_a_skeleton_implements_no_hook(monkeypatch):
     assert working == [], "pages call these plugins skeletons, yet they implement hooks"
 
 
+def _shown_after(name: str, command: str) -> str:
+    """The output a page shows under ``$ COMMAND`` in one of its text blocks."""
+    [block] = [code for lang, code, _ in code_blocks(page(name)) if code.startswith(f"$ {command}\n")]
+    return block.removeprefix(f"$ {command}\n")
+
+
+def test_the_user_guides_hub_errors_are_what_the_command_prints(tmp_path, monkeypatch, capsys):
+    """Against the testing kit's local Hub, as the page says its examples were made: every line of stderr."""
+    pytest.importorskip("modelport_hf", reason="modelport-hf is not installed")
+    import shlex
+
+    from modelport import cli
+    from modelport.testing import make_tiny_model
+
+    _allow_only(monkeypatch, "modelport-hf")
+    here = tmp_path / "me"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with _hub_server(tmp_path, monkeypatch) as server:
+        server.add_repo("org/tiny", make_tiny_model(tmp_path / "tiny"))
+        assert cli.main(["inspect", "org/tiny"]) == 0  # what the offline example ran before (config.json alone)
+        capsys.readouterr()
+        for command in ["modelport inspect org/missing", "modelport generate org/tiny Hello --offline"]:
+            assert cli.main(shlex.split(command)[1:]) == 1
+            shown = _shown_after("user-guide.md", command)
+            shown = shown.replace("http://127.0.0.1:33967", server.url).replace("/home/me", str(here))
+            assert capsys.readouterr().err == shown, command
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
