@@ -1066,6 +1066,39 @@ def test_the_user_guides_hub_errors_are_what_the_command_prints(tmp_path, monkey
             assert capsys.readouterr().err == shown, command
 
 
+def _strip_parentheses(text: str) -> str:
+    while (stripped := re.sub(r"\([^()]*\)", "", text)) != text:
+        text = stripped
+    return text
+
+
+def _instance(cls: type) -> Exception:
+    """An instance built with placeholder arguments (a list where the error keeps a list)."""
+    arguments = {}
+    for name, parameter in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+        if parameter.default is parameter.empty and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
+            arguments[name] = ["x"] if name in {"missing", "architectures", "registered", "supported", "valid"} else "x"
+    error: Exception = cls(**arguments)
+    return error
+
+
+def test_the_attributes_errors_md_lists_are_the_ones_each_error_has():
+    from modelport import errors
+
+    text = page("errors.md")
+    checked = 0
+    for name in errors.__all__:
+        body = _one_line(section(text, name))
+        if "Attributes: " not in body:
+            continue
+        listed = _strip_parentheses(body.split("Attributes: ", 1)[1]).split(". ", 1)[0]
+        documented = set(re.findall(r"`(\w+)`", listed))
+        actual = {a for a in vars(_instance(getattr(errors, name))) if not a.startswith("_")}
+        assert documented == actual, f"errors.md, {name}: attributes listed {sorted(documented)}, has {sorted(actual)}"
+        checked += 1
+    assert checked >= 10
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
