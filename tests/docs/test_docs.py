@@ -1099,6 +1099,26 @@ def test_the_attributes_errors_md_lists_are_the_ones_each_error_has():
     assert checked >= 10
 
 
+def _nox_sessions() -> list[str]:
+    sessions = []
+    for node in ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8")).body:
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for decorator in node.decorator_list:
+            target = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if isinstance(target, ast.Attribute) and target.attr == "session":
+                named = [k.value for k in getattr(decorator, "keywords", []) if k.arg == "name"]
+                sessions.append(named[0].value if named and isinstance(named[0], ast.Constant) else node.name)
+    return sessions
+
+
+def test_every_nox_session_is_in_the_readmes_session_table():
+    sessions = _nox_sessions()
+    assert {"tests", "lint", "docs"} <= set(sessions)
+    documented = [backticked(row[0]) for row in table_rows((ROOT / "README.md").read_text(encoding="utf-8"))]
+    assert sorted(set(sessions) - set(documented)) == [], "nox sessions the README's table leaves out"
+
+
 # --- names, steps, runnable pages ----------------------------------------------------
 
 
