@@ -129,6 +129,13 @@ def test_every_hook_has_a_section_in_the_hook_reference(hook):
     assert hook in headings(page("hooks.md")), f"docs/src/hooks.md has no '## {hook}' section"
 
 
+def test_the_hook_references_table_of_contents_links_every_hook():
+    """The table at the top of hooks.md is the page's table of contents, step by step."""
+    contents = page("hooks.md").split("\n## ", 1)[0]
+    linked = set(re.findall(r"\[`(modelport_\w+)`\]\(#(modelport_\w+)\)", contents))
+    assert sorted(set(HOOKS) - {hook for hook, anchor in linked if hook == anchor}) == []
+
+
 def test_the_hook_reference_documents_only_hooks_that_exist():
     documented = [h for h in headings(page("hooks.md")) if h.startswith("modelport_")]
     assert sorted(set(documented) - set(HOOKS)) == []
