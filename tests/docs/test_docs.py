@@ -893,6 +893,14 @@ def test_plugins_json_has_the_documented_shape(plugin_distribution, monkeypatch,
     assert [f["name"] for f in actual["failed"]] == ["modelport-broken-example"]
 
 
+def test_the_plugins_json_table_names_every_registry_kind():
+    from modelport.registry import ALIAS_KIND
+
+    [row] = [r for r in table_rows(section(page("cli.md"), "modelport plugins")) if backticked(r[0]) == "plugins"]
+    listed = set(re.findall(r"`(\w+)`", row[1].split("the sorted names:", 1)[1]))
+    assert listed == {*hookspecs.REGISTER_HOOKS.values(), ALIAS_KIND}
+
+
 def test_cli_exit_statuses_are_as_documented(tmp_path, capsys):
     from modelport import cli
 
