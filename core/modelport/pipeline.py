@@ -325,11 +325,13 @@ def _resolve(run: _Run, reference: str, *, strict: bool = True) -> ResolvedModel
     hf_text = text_config(hf_config)
     format_dtype = _format_default_dtype(registry, config_format) if opts.dtype == "auto" else None
     try:
+        # First: NaN, infinite, zero, negative sizes and RoPE values (modelport.config_checks), which the
+        # arithmetic below would otherwise meet as a bare OverflowError (a RoPE factor of inf times the length).
+        check_config_values(hf_text)
         dtype = format_dtype or resolve_dtype(opts.dtype, hf_config, device=opts.device)
         caps = length_caps(lambda name: _json_beside(source, name), hf_config)  # vLLM's tokenizer/ST caps
         max_len = resolve_max_model_len(opts.max_model_len, hf_text, **caps)
         facts = model_facts(hf_config, hf_text)
-        check_config_values(hf_text)  # NaN, zero, negative sizes (modelport.config_checks)
     except InvalidConfigError as exc:
         # The facts read attributes, not files: name the file the config came from.
         raise InvalidConfigError(config_source.location, exc.detail, field=exc.field, value=exc.value) from exc

@@ -174,3 +174,14 @@ def test_sizes_the_config_class_finds_inconsistent_are_an_invalid_config_naming_
     with pytest.raises(InvalidConfigError, match="does not make a llama config") as info:
         build_config(read_header(path), registry)
     assert info.value.file == str(path)
+
+
+def test_an_infinite_rope_scaling_factor_is_an_invalid_config_at_resolve(tmp_path):
+    import modelport
+
+    values = {**COMMON, "rope.scaling.factor": float("inf")}
+    path = write_metadata(tmp_path / "inf.gguf", "llama", values, **{"rope.scaling.type": "linear"})
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(path), skip_tokenizer_init=True)
+    assert (info.value.field, info.value.value) == ("rope_parameters.factor", float("inf"))
+    assert str(path) in str(info.value)

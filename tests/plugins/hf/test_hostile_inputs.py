@@ -330,3 +330,15 @@ def test_a_million_experts_over_a_file_of_four_fails_before_anything_is_allocate
         modelport.load(str(folder), skip_tokenizer_init=True, dtype="float32")
     assert time.perf_counter() - start < 2.0 and "weight files" in str(info.value)
     assert modelport.load(str(tiny_mixtral), skip_tokenizer_init=True, dtype="float32").weights.loaded
+
+
+@pytest.mark.parametrize("where", ["config.json", "hf_overrides"])
+def test_an_infinite_rope_factor_is_an_invalid_config_at_resolve_not_an_overflow(model, where):
+    rope = {"rope_type": "linear", "factor": float("inf"), "rope_theta": 10000.0}
+    options = {"hf_overrides": {"rope_parameters": rope}} if where == "hf_overrides" else {}
+    if where == "config.json":
+        _edit_config(model, rope_parameters=rope)  # json writes Infinity, which Python's json reads back
+    with pytest.raises(InvalidConfigError) as info:
+        modelport.resolve(str(model), skip_tokenizer_init=True, **options)
+    assert (info.value.field, info.value.value) == ("rope_parameters.factor", float("inf"))
+    assert str(model) in str(info.value)
