@@ -83,7 +83,11 @@ def _scalar(header: GGUFHeader, key: str, attr: str) -> Any:
     value = header.metadata[key]
     if not isinstance(value, (int, float, str, bool)):
         # Per-layer arrays (head counts of hybrid models): one value when all layers agree.
-        values = set(value) if not isinstance(value, str) else {value}
+        if any(not isinstance(item, (int, float, str, bool)) for item in value):
+            raise InvalidConfigError(
+                str(header.path), "expected a value or one per layer, not nested arrays", field=key, value="[[...]]"
+            )
+        values = set(value)
         if len(values) != 1:
             raise InvalidConfigError(
                 str(header.path), "per-layer values differ; not supported", field=key, value=list(value)[:8]

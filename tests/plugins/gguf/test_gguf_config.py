@@ -176,6 +176,18 @@ def test_sizes_the_config_class_finds_inconsistent_are_an_invalid_config_naming_
     assert info.value.file == str(path)
 
 
+def test_per_layer_values_that_are_nested_arrays_are_an_invalid_config_naming_the_key(tmp_path, registry):
+    from gguf import GGUFValueType
+
+    values = {k: v for k, v in COMMON.items() if k != "attention.head_count"}
+    path = write_metadata(tmp_path / "nested.gguf", "llama", values)
+    rewritten = tmp_path / "nested-heads.gguf"
+    _with_key(path, rewritten, "llama.attention.head_count", [[8, 8], [8]], GGUFValueType.ARRAY, GGUFValueType.ARRAY)
+    with pytest.raises(InvalidConfigError, match="not nested arrays") as info:
+        build_config(read_header(rewritten), registry)
+    assert (info.value.file, info.value.field) == (str(rewritten), "llama.attention.head_count")
+
+
 def test_an_infinite_rope_scaling_factor_is_an_invalid_config_at_resolve(tmp_path):
     import modelport
 
@@ -185,3 +197,22 @@ def test_an_infinite_rope_scaling_factor_is_an_invalid_config_at_resolve(tmp_pat
         modelport.resolve(str(path), skip_tokenizer_init=True)
     assert (info.value.field, info.value.value) == ("rope_parameters.factor", float("inf"))
     assert str(path) in str(info.value)
+
+
+def _with_key(source, target, key, value, value_type, sub_type=None):
+    """``source`` rewritten by gguf-py (reader, then writer) with ``key`` added: metadata only, no tensors."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(source)
+    writer = GGUFWriter(target, reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), kind, sub_type=sub)
+    writer.add_key_value(key, value, value_type, sub_type=sub_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return target
