@@ -275,9 +275,24 @@ def check_config_values(hf_text_config: Any) -> None:
     default to), and so does ``head_dim: 0`` (:data:`ZERO_MEANS_UNSET`). The error names the
     field and value; the file is ``config`` (the pipeline puts the config's own location in).
 
+    A language-model part that is a plain mapping, not a config (a ``text_config``
+    the config class of the top-level ``model_type`` does not parse, so that
+    ``get_text_config()`` hands back the raw dict), is refused too: none of its
+    sizes can be read, and vLLM 0.32 refuses it alike (``get_hf_text_config``:
+    the text config has no ``num_attention_heads``).
+
     Raises:
         InvalidConfigError: the first bad field.
     """
+    if isinstance(hf_text_config, Mapping):
+        raise InvalidConfigError(
+            "config",
+            "text_config is a plain mapping that the config class of this model_type does not parse, so the "
+            "language model's sizes (num_attention_heads...) cannot be read; check that model_type names the "
+            "whole model (a multimodal wrapper's type), not its text part",
+            field="text_config",
+            value=hf_text_config.get("model_type"),
+        )
     checks: list[tuple[str, Any, bool]] = []
     for name in POSITIVE_INT_FIELDS:
         checks.append((name, getattr(hf_text_config, name, None), True))

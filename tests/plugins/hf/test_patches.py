@@ -305,3 +305,20 @@ def test_facts_from_malformed_values_are_invalid_config_errors_naming_the_folder
     with pytest.raises(InvalidConfigError) as info:
         _resolve(ref)
     assert str(info.value) == f"invalid config in {tmp_path / 'm'}, {message}"
+
+
+def test_a_text_config_the_model_type_does_not_parse_is_an_invalid_config_as_vllm_refuses_it(tmp_path):
+    """mlc-llm's Ministral 3 preset: the top-level model_type is the text model's (ministral3), whose config
+    class keeps text_config a plain dict; vLLM 0.32 fails ("text_config ... does not have num_attention_heads")
+    and modelport resolved it with no heads and the 2048 default length."""
+    text = {"model_type": "ministral3", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1}
+    ref = _write(
+        tmp_path / "m",
+        model_type="ministral3",
+        architectures=["Mistral3ForConditionalGeneration"],
+        text_config={**text, "max_position_embeddings": 262144},
+    )
+    with pytest.raises(InvalidConfigError) as info:
+        _resolve(ref)
+    assert (info.value.file, info.value.field, info.value.value) == (ref, "text_config", "ministral3")
+    assert "does not parse" in str(info.value)
