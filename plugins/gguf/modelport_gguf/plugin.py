@@ -123,12 +123,18 @@ def modelport_resolve_tokenizer(source: Source, hf_config: Any, options: LoadOpt
 
 @hookimpl
 def modelport_load_tokenizer(spec: TokenizerSpec, options: LoadOptions) -> Any:
-    """A ``PreTrainedTokenizerFast`` from the metadata (see :mod:`modelport_gguf.tokenizer`)."""
+    """A ``PreTrainedTokenizerFast`` from the metadata (see :mod:`modelport_gguf.tokenizer`).
+
+    It is wrapped as modelport-hf wraps its tokenizers (:func:`modelport_hf.tokenizer.cached_tokenizer`), so that
+    ``tokenizer.chat_template``, a program from the file, renders under the same time, memory and output budget,
+    and fails as a TokenizerError.
+    """
     if spec.mode != "gguf":
         return None
     from modelport_gguf.tokenizer import build_tokenizer
+    from modelport_hf.tokenizer import cached_tokenizer
 
-    return build_tokenizer(_header(spec.source))
+    return cached_tokenizer(build_tokenizer(_header(spec.source)))
 
 
 @hookimpl

@@ -203,6 +203,7 @@ def build_tokenizer(header: Any) -> Any:
     template = header.get("tokenizer.chat_template")
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
+        name_or_path=where,  # named by errors, chat template ones included
         chat_template=template if isinstance(template, str) else None,
         clean_up_tokenization_spaces=False,
         **specials,

@@ -84,3 +84,45 @@ def test_a_bert_cls_id_outside_the_vocabulary_is_dropped_as_llama_cpp_drops_it(t
     path = _write(tmp_path / "t.gguf", "bert", {"tokenizer.ggml.tokens": BERT_TOKENS, **changes})
     tokenizer = build_tokenizer(read_header(path))
     assert tokenizer.cls_token is None and tokenizer.encode("ab zz", add_special_tokens=True) == [5, 0]
+
+
+@pytest.fixture
+def short_template_budget():
+    """Templates get 1 s here (5 s by default), so the endless one below is stopped quickly."""
+    from modelport_hf import chat_template
+
+    saved, chat_template.TEMPLATE_SECONDS = chat_template.TEMPLATE_SECONDS, 1.0
+    yield
+    chat_template.TEMPLATE_SECONDS = saved
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran for more than 1"),
+        ("{{ 'x' * 4000000000 }}", "would hold 4000000000 items"),
+        ("{% for %}", "TemplateSyntaxError"),
+    ],
+    ids=["endless", "huge", "syntax"],
+)
+def test_a_hostile_gguf_chat_template_runs_under_the_template_budget(
+    tmp_path, short_template_budget, template, message
+):
+    """tokenizer.chat_template is a program from the file: bounded like a tokenizer_config.json one, never a hang."""
+    import json
+    import time
+
+    import modelport
+    from modelport.testing import make_tiny_model
+    from modelport.testing.gguf_files import write_gguf
+
+    hf = make_tiny_model(tmp_path / "hf", num_hidden_layers=1)
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    path = write_gguf(hf, tmp_path / "m.gguf")
+    llm = modelport.LLM(str(path), dtype="float32")
+    start = time.perf_counter()
+    with pytest.raises(TokenizerError, match=message) as caught:
+        llm.chat_prompt([{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - start < 10 and str(path) in str(caught.value)
