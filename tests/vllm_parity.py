@@ -102,7 +102,7 @@ def vllm_facts(folder: str) -> dict[str, Any]:
         "max_model_len": lambda: mc.max_model_len,
         "dtype": lambda: str(mc.dtype),
         "is_multimodal_model": lambda: mc.is_multimodal_model,
-        "is_moe": lambda: mc.is_model_moe(),
+        "is_moe": lambda: mc.is_moe,  # a property in vLLM 0.32 (is_model_moe() is gone)
         "head_dim": lambda: mc.get_head_size(),
         "num_kv_heads": lambda: mc.get_total_num_kv_heads(),
         "sliding_window": lambda: mc.get_sliding_window(),
