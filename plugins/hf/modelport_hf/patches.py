@@ -55,7 +55,16 @@ def _where(config: Any, context: PatchContext) -> str:
     return f"{context.source.location} ({type(config).__name__})"
 
 
-def _normalise_rope_dict(params: Mapping[str, Any], config: Any, context: PatchContext) -> dict[str, Any]:
+def _normalise_rope_dict(
+    params: Mapping[str, Any], config: Any, context: PatchContext, *, theta_key_always: bool = False
+) -> dict[str, Any]:
+    """One set of RoPE parameters in current form.
+
+    ``theta_key_always``: give the set a ``rope_theta`` even where the config
+    states none (as ``None``), as transformers' ``standardize_rope_params`` does
+    for the one flat set vLLM 0.32 standardises (GPT-J's ``{"rope_type":
+    "gptj"}`` becomes ``{"rope_type": "gptj", "rope_theta": None}`` there).
+    """
     out = dict(params)
     legacy, current = out.get("type"), out.get("rope_type")
     if legacy is not None and current is not None and legacy != current and (legacy, current) not in ROPE_TYPE_ALIASES:
@@ -69,7 +78,7 @@ def _normalise_rope_dict(params: Mapping[str, Any], config: Any, context: PatchC
     out["rope_type"] = ROPE_TYPE_RENAMES.get(rope_type, rope_type)
     if "rope_theta" not in out:
         theta = next((getattr(config, k) for k in ROPE_THETA_KEYS if getattr(config, k, None) is not None), None)
-        if theta is not None:
+        if theta is not None or theta_key_always:
             out["rope_theta"] = theta
     return out
 
@@ -108,7 +117,8 @@ def normalise_rope(config: Any, context: PatchContext) -> Any:
         if params and all(isinstance(v, Mapping) for v in params.values()):
             normalised: dict[str, Any] = {k: _normalise_rope_dict(v, part, context) for k, v in params.items()}
         else:
-            normalised = _normalise_rope_dict(params, part, context)
+            # A stated set gets a rope_theta key even if None, as in vLLM (transformers' standardisation).
+            normalised = _normalise_rope_dict(params, part, context, theta_key_always=bool(params))
             if partial is not None and "partial_rotary_factor" not in normalised:
                 normalised["partial_rotary_factor"] = partial
         if normalised != fields.get("rope_parameters"):

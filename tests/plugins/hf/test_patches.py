@@ -322,3 +322,25 @@ def test_a_text_config_the_model_type_does_not_parse_is_an_invalid_config_as_vll
         _resolve(ref)
     assert (info.value.file, info.value.field, info.value.value) == (ref, "text_config", "ministral3")
     assert "does not parse" in str(info.value)
+
+
+def test_a_stated_rope_set_without_a_theta_gets_a_null_theta_as_in_vllm(tmp_path):
+    """mlc-llm's GPT-J preset states rope_scaling {"rope_type": "gptj"} and no rope_theta; vLLM 0.32's
+    standardisation gives {"rope_type": "gptj", "rope_theta": None}. A theta stated beside it still fills in."""
+    gptj = {
+        "model_type": "gptj",
+        "architectures": ["GPTJForCausalLM"],
+        "n_embd": 64,
+        "n_head": 4,
+        "n_layer": 1,
+        "n_positions": 2048,
+        "rotary_dim": 8,
+        "vocab_size": 100,
+    }
+    (tmp_path / "gptj").mkdir()
+    (tmp_path / "gptj" / "config.json").write_text(json.dumps({**gptj, "rope_scaling": {"rope_type": "gptj"}}))
+    resolved = _resolve(str(tmp_path / "gptj"))
+    assert resolved.hf_text_config.rope_parameters == {"rope_type": "gptj", "rope_theta": None}
+    assert resolved.max_model_len == 2048
+    ref = _write(tmp_path / "llama", rope_scaling={"rope_type": "linear", "factor": 2.0}, rope_theta=5e5)
+    assert _resolve(ref).hf_text_config.rope_parameters == {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}
