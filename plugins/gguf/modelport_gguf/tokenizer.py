@@ -224,12 +224,38 @@ def _added_tokens(tokenizer: Any, tokens: list[str], types: list[int]) -> None:
     tokenizer.add_special_tokens([t for _, t in added if t.special])
 
 
-def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
-    """Every split of a mergeable token into two tokens, highest-scoring result first (llama.cpp's merge order)."""
+#: Characters :func:`_spm_merges` may slice while looking for merges: about a second of work. The corpus's
+#: llama-spm vocabulary (32000 tokens) needs 0.86 M; a file of a few long tokens would otherwise need the square of
+#: their length (a 400 kB token took 35 s).
+SPM_MERGE_WORK = 1 << 28
+
+
+def _spm_merges(tokens: list[str], scores: list[float], types: list[int], where: str) -> list[tuple[str, str]]:
+    """Every split of a mergeable token into two tokens, highest-scoring result first (llama.cpp's merge order).
+
+    Only cuts whose two sides have the length of some token are looked up, and the
+    characters sliced are counted against :data:`SPM_MERGE_WORK`.
+
+    Raises:
+        TokenizerError: the tokens need more work than that (tokens of absurd length).
+    """
     vocab = {t: i for i, t in enumerate(tokens) if types[i] in (NORMAL, USER_DEFINED, UNUSED)}
+    lengths = {len(t) for t in vocab}
     found: list[tuple[float, int, int, str, str]] = []
+    work = 0
     for token, token_id in vocab.items():
-        for cut in range(1, len(token)):
+        size = len(token)
+        for cut in range(1, size):
+            if cut not in lengths or size - cut not in lengths:
+                continue
+            work += size
+            if work > SPM_MERGE_WORK:
+                longest = max(lengths)
+                raise TokenizerError(
+                    where,
+                    f"tokenizer.ggml.tokens holds tokens of up to {longest} characters, too long to derive the "
+                    f"SentencePiece merges from (more than {SPM_MERGE_WORK} characters to compare)",
+                )
             left, right = token[:cut], token[cut:]
             if left in vocab and right in vocab:
                 found.append((-scores[token_id], vocab[left], vocab[right], left, right))
@@ -244,7 +270,7 @@ def _spm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     vocab = {t: i for i, t in enumerate(tokens)}
     unk_id = _int(header, "tokenizer.ggml.unknown_token_id")
     unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-    merges = _spm_merges(tokens, scores, types)
+    merges = _spm_merges(tokens, scores, types, where)
     bpe = _tokenizers_model(where, lambda: models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
     tokenizer = Tokenizer(bpe)
     prefix = bool(header.get("tokenizer.ggml.add_space_prefix", True))

@@ -126,3 +126,41 @@ def test_a_hostile_gguf_chat_template_runs_under_the_template_budget(
     with pytest.raises(TokenizerError, match=message) as caught:
         llm.chat_prompt([{"role": "user", "content": "hi"}])
     assert time.perf_counter() - start < 10 and str(path) in str(caught.value)
+
+
+def _spm_file(path, tokens):
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(["<unk>", "<s>", "</s>", *tokens])
+    writer.add_token_scores([0.0] * (len(tokens) + 3))
+    writer.add_token_types([2, 3, 3] + [1] * len(tokens))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_one_very_long_sentencepiece_token_builds_in_linear_time(tmp_path):
+    """A 400 kB token: every cut of it was sliced and looked up (35 s, the square of its length); now about none."""
+    import time
+
+    import transformers  # noqa: F401  (imported before the clock starts: the build imports it)
+
+    path = _spm_file(tmp_path / "long.gguf", ["a", "aa", "aaa", "a" * 400_000])
+    header = read_header(path)
+    start = time.perf_counter()
+    tokenizer = build_tokenizer(header)
+    assert time.perf_counter() - start < 5.0 and tokenizer.encode("aaa", add_special_tokens=False) == [5]
+
+
+def test_sentencepiece_tokens_of_every_length_are_a_tokenizer_error_within_the_merge_budget(tmp_path):
+    """Tokens of 1 to 2999 characters (4.5 MB) would need 9 G characters compared: refused after 256 M."""
+    import time
+
+    path = _spm_file(tmp_path / "all.gguf", ["a" * n for n in range(1, 3000)])
+    start = time.perf_counter()
+    with pytest.raises(TokenizerError, match="too long to derive the SentencePiece merges") as caught:
+        build_tokenizer(read_header(path))
+    assert time.perf_counter() - start < 10.0 and str(path) in str(caught.value)
