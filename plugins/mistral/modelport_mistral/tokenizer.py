@@ -96,11 +96,18 @@ class MistralCommonTokenizer:
         return {"input_ids": self.encode(text, add_special_tokens)}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        """The text of ``ids``; special tokens dropped unless ``skip_special_tokens`` is ``False``."""
+        """The text of ``ids``; special tokens dropped unless ``skip_special_tokens`` is ``False``.
+
+        Ids the tokenizer does not know are dropped, as Hugging Face's fast tokenizers drop them: a model whose
+        ``vocab_size`` is larger than the tokenizer's (padding rows, or a hostile params.json) can sample them,
+        and tiktoken raises a bare KeyError on them.
+        """
         from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 
         policy = SpecialTokenPolicy.IGNORE if skip_special_tokens else SpecialTokenPolicy.KEEP
-        return str(self.mistral.decode([int(i) for i in ids], special_token_policy=policy))
+        size = self.vocab_size
+        known = [int(i) for i in ids if 0 <= int(i) < size]
+        return str(self.mistral.decode(known, special_token_policy=policy))
 
     def apply_chat_template(
         self,

@@ -162,3 +162,17 @@ def test_a_tekken_file_over_the_json_size_cap_is_a_tokenizer_error_before_it_is_
     assert str(folder / "tekken.json") in str(caught.value) and MAX_JSON_BYTES_ENV in str(caught.value)
     monkeypatch.setenv(MAX_JSON_BYTES_ENV, str(size))
     assert modelport.load(str(folder)).tokenizer is not None
+
+
+def test_a_model_larger_than_its_tekken_vocabulary_generates_and_drops_the_ids_the_tokenizer_lacks(mistral_model):
+    """params.json's vocab_size 4096 over a tekken.json of 500 tokens: sampled ids past 500 decode to nothing."""
+    _, folder = mistral_model(sizes={"num_hidden_layers": 1, "vocab_size": 4096})
+    llm = modelport.LLM(str(folder), dtype="float32")
+    tokenizer = llm.get_tokenizer()
+    assert tokenizer.vocab_size < 4096
+    params = modelport.SamplingParams(temperature=1.0, seed=1, max_tokens=20, ignore_eos=True)
+    output = llm.generate(["hello"], params)[0].outputs[0]
+    assert max(output.token_ids) >= tokenizer.vocab_size  # the case at hand was sampled
+    known = [t for t in output.token_ids if t < tokenizer.vocab_size]
+    assert output.text == tokenizer.decode(known)
+    assert tokenizer.decode([*tokenizer.encode("hi", add_special_tokens=False), 10**6, -1, 2**40]) == "hi"
