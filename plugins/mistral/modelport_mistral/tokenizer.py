@@ -19,7 +19,8 @@ and ``LLM.chat`` call, with vLLM's meaning for each:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from modelport.config_checks import check_json_size
@@ -88,8 +89,29 @@ class MistralCommonTokenizer:
         return self.vocab_size
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``, with the BOS token first unless ``add_special_tokens`` is ``False``."""
-        return list(self._raw.encode(text, bos=add_special_tokens, eos=False))
+        """Token ids of ``text``, with the BOS token first unless ``add_special_tokens`` is ``False``.
+
+        Raises:
+            TokenizerError: tiktoken panicked on the file's tables (see :meth:`_panics_typed`).
+        """
+        with self._panics_typed("encoding the text"):
+            return list(self._raw.encode(text, bos=add_special_tokens, eos=False))
+
+    @contextmanager
+    def _panics_typed(self, what: str) -> Iterator[None]:
+        """A panic of tiktoken's Rust core as a TokenizerError naming the file.
+
+        A hostile tekken.json loads, then panics while encoding: a ``pattern`` that
+        matches the empty string, a ``default_vocab_size`` smaller than its vocabulary.
+        pyo3's PanicException is a BaseException, so it would pass every ``except
+        Exception``; KeyboardInterrupt and SystemExit still propagate, as do ordinary errors.
+        """
+        try:
+            yield
+        except (Exception, KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:
+            raise TokenizerError(self.file, f"{what} panicked in tiktoken ({type(exc).__name__}: {exc})") from exc
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
         """``{"input_ids": encode(text)}``, as Hugging Face tokenizers answer."""
@@ -127,7 +149,8 @@ class MistralCommonTokenizer:
 
         try:
             request = ChatCompletionRequest(messages=[dict(m) for m in messages])
-            tokenized = self.mistral.encode_chat_completion(request)
+            with self._panics_typed("encoding the conversation"):
+                tokenized = self.mistral.encode_chat_completion(request)
         except (MistralCommonException, ValueError) as exc:
             raise TokenizerError(self.file, f"mistral-common cannot encode this conversation: {exc}") from exc
         if tokenize:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
@@ -176,3 +178,20 @@ def test_a_model_larger_than_its_tekken_vocabulary_generates_and_drops_the_ids_t
     known = [t for t in output.token_ids if t < tokenizer.vocab_size]
     assert output.text == tokenizer.decode(known)
     assert tokenizer.decode([*tokenizer.encode("hi", add_special_tokens=False), 10**6, -1, 2**40]) == "hi"
+
+
+@pytest.mark.parametrize(
+    ("change", "value"), [("pattern", "x*"), ("default_vocab_size", 50)], ids=["empty-matching-pattern", "small-vocab"]
+)
+def test_a_tekken_file_on_which_tiktoken_panics_is_a_tokenizer_error_naming_it(mistral_model, change, value):
+    """Such a file loads; tiktoken's Rust core then panics while encoding (pyo3's PanicException, a BaseException)."""
+    _, folder = mistral_model()
+    tekken = json.loads((folder / "tekken.json").read_text())
+    tekken["config"][change] = value
+    (folder / "tekken.json").write_text(json.dumps(tekken))
+    tokenizer = modelport.load(str(folder), load_format="dummy").tokenizer
+    with pytest.raises(TokenizerError, match="panicked in tiktoken") as caught:
+        tokenizer.encode("a" * 40 + "!")
+    assert "tekken.json" in str(caught.value)
+    with pytest.raises(TokenizerError, match="panicked in tiktoken"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "a" * 40 + "!"}])
