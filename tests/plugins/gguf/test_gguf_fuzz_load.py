@@ -23,20 +23,14 @@ EXAMPLES = int(os.environ.get("MODELPORT_FUZZ_EXAMPLES", "25"))
 #: Seconds one example may take (the chat template gets 1 s of it).
 SECONDS = 20
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "alarm"), reason="needs SIGALRM to catch a hang")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "alarm"), reason="needs SIGALRM to catch a hang"),
+    pytest.mark.usefixtures("short_template_budget"),
+]
 
 
 class Hang(Exception):
     """An example ran past its time budget."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def short_template_budget():
-    from modelport_hf import chat_template
-
-    saved, chat_template.TEMPLATE_SECONDS = chat_template.TEMPLATE_SECONDS, 1.0
-    yield
-    chat_template.TEMPLATE_SECONDS = saved
 
 
 @pytest.fixture(scope="module")

@@ -86,16 +86,6 @@ def test_a_bert_cls_id_outside_the_vocabulary_is_dropped_as_llama_cpp_drops_it(t
     assert tokenizer.cls_token is None and tokenizer.encode("ab zz", add_special_tokens=True) == [5, 0]
 
 
-@pytest.fixture
-def short_template_budget():
-    """Templates get 1 s here (5 s by default), so the endless one below is stopped quickly."""
-    from modelport_hf import chat_template
-
-    saved, chat_template.TEMPLATE_SECONDS = chat_template.TEMPLATE_SECONDS, 1.0
-    yield
-    chat_template.TEMPLATE_SECONDS = saved
-
-
 @pytest.mark.parametrize(
     ("template", "message"),
     [
