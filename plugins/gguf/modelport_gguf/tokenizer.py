@@ -151,6 +151,18 @@ def _string(header: Any, key: str, default: str, where: str) -> str:
     return value
 
 
+def _flag(header: Any, key: str, default: bool, where: str) -> bool:
+    """The boolean ``key``, or ``default`` when absent (llama.cpp refuses a flag of another type too).
+
+    Raises:
+        TokenizerError: a value that is not a boolean (a string ``"no"`` would otherwise read as true).
+    """
+    value = header.get(key, default)
+    if not isinstance(value, bool):
+        raise TokenizerError(where, f"{key} is not a boolean but {_shown(value)}")
+    return value
+
+
 def _shown(value: Any) -> str:
     """A short description of a metadata value for a message: its type, and the value when it is short."""
     text = repr(value)
@@ -199,7 +211,7 @@ def build_tokenizer(header: Any) -> Any:
             specials[name] = tokens[token_id]
     if model == "bert" and _int(header, "tokenizer.ggml.cls_token_id") is None and len(tokens) > 101:
         specials.setdefault("cls_token", tokens[101])  # BERT's [CLS] id, as llama.cpp assumes without the key
-    _post_process(tokenizer, header, tokens, model)
+    _post_process(tokenizer, header, tokens, model, where)
     template = header.get("tokenizer.chat_template")
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
@@ -273,7 +285,7 @@ def _spm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     merges = _spm_merges(tokens, scores, types, where)
     bpe = _tokenizers_model(where, lambda: models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
     tokenizer = Tokenizer(bpe)
-    prefix = bool(header.get("tokenizer.ggml.add_space_prefix", True))
+    prefix = _flag(header, "tokenizer.ggml.add_space_prefix", True, where)
     steps = [normalizers.Prepend("▁")] if prefix else []
     tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
     decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -334,8 +346,8 @@ def _wpm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     tokenizer = Tokenizer(
         _tokenizers_model(where, lambda: models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=1 << 20))
     )
-    lowercase = bool(header.get("tokenizer.ggml.normalizer.lowercase", True))
-    strip = bool(header.get("tokenizer.ggml.normalizer.strip_accents", lowercase))
+    lowercase = _flag(header, "tokenizer.ggml.normalizer.lowercase", True, where)
+    strip = _flag(header, "tokenizer.ggml.normalizer.strip_accents", lowercase, where)
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=strip, lowercase=lowercase
     )
@@ -345,7 +357,7 @@ def _wpm(header: Any, tokens: list[str], types: list[int], where: str) -> Any:
     return tokenizer
 
 
-def _post_process(tokenizer: Any, header: Any, tokens: list[str], model: str) -> None:
+def _post_process(tokenizer: Any, header: Any, tokens: list[str], model: str, where: str) -> None:
     from tokenizers import processors
 
     def token(key: str, default: int | None = None) -> tuple[str, int] | None:
@@ -359,12 +371,12 @@ def _post_process(tokenizer: Any, header: Any, tokens: list[str], model: str) ->
             tokenizer.post_processor = processors.BertProcessing(sep, cls)
         return
     single, pair, special = "$A:0", "$A:0 $B:1", []
-    if header.get("tokenizer.ggml.add_bos_token", model == "llama") and token("bos"):
+    if _flag(header, "tokenizer.ggml.add_bos_token", model == "llama", where) and token("bos"):
         bos = token("bos")
         assert bos is not None
         single, pair = f"{bos[0]}:0 {single}", f"{bos[0]}:0 $A:0 {bos[0]}:1 $B:1"
         special.append(bos)
-    if header.get("tokenizer.ggml.add_eos_token", False) and token("eos"):
+    if _flag(header, "tokenizer.ggml.add_eos_token", False, where) and token("eos"):
         eos = token("eos")
         assert eos is not None
         single, pair = f"{single} {eos[0]}:0", f"{pair} {eos[0]}:1"

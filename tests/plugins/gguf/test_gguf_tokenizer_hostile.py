@@ -69,6 +69,14 @@ def test_the_well_formed_file_builds(tmp_path, model):
         ("llama", {"tokenizer.ggml.scores": 7}, "tokenizer.ggml.scores is not an array of numbers but int 7"),
         ("llama", {"tokenizer.ggml.scores": [1.0]}, "tokenizer.ggml.scores has 1 entries for 8 tokens"),
         ("bert", {}, "a bert tokenizer needs its unknown token: '[UNK]'"),
+        ("llama", {"tokenizer.ggml.add_space_prefix": "no"}, "add_space_prefix is not a boolean but str 'no'"),
+        ("llama", {"tokenizer.ggml.add_bos_token": 0}, "tokenizer.ggml.add_bos_token is not a boolean but int 0"),
+        ("gpt2", {"tokenizer.ggml.add_eos_token": "true"}, "add_eos_token is not a boolean but str 'true'"),
+        (
+            "bert",
+            {"tokenizer.ggml.tokens": BERT_TOKENS, "tokenizer.ggml.normalizer.lowercase": "false"},
+            "tokenizer.ggml.normalizer.lowercase is not a boolean but str 'false'",
+        ),
     ],
 )
 def test_hostile_tokenizer_metadata_is_a_tokenizer_error_naming_the_file_and_key(tmp_path, model, changes, message):
