@@ -33,3 +33,16 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"the GGUF corpus is absent ({CORPUS})")
     return CORPUS
+
+
+@pytest.fixture(scope="module")
+def short_template_budget():
+    """Chat templates get 1 s (5 s by default) while the module's tests run, so an endless one stops quickly.
+
+    A GGUF file's template renders under modelport-hf's budget (``chat_template.TEMPLATE_SECONDS``).
+    """
+    from modelport_hf import chat_template
+
+    saved, chat_template.TEMPLATE_SECONDS = chat_template.TEMPLATE_SECONDS, 1.0
+    yield
+    chat_template.TEMPLATE_SECONDS = saved

@@ -43,10 +43,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-pytestmark = [
-    pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM to catch a hang"),
-    pytest.mark.usefixtures("short_template_budget"),  # an endless template stops well within an example's 5 s
-]
+pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM to catch a hang")
 
 
 class Hang(Exception):
@@ -105,6 +102,16 @@ json_values = st.recursive(
 
 def deep(depth: int) -> str:
     return "[" * depth + "]" * depth
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_template_budget():
+    """Templates get 1 s here, so an endless one is stopped well within the example's 5 s."""
+    from modelport_hf import chat_template
+
+    saved, chat_template.TEMPLATE_SECONDS = chat_template.TEMPLATE_SECONDS, 1.0
+    yield
+    chat_template.TEMPLATE_SECONDS = saved
 
 
 @pytest.fixture(scope="module")
