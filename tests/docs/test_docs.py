@@ -917,9 +917,9 @@ def _repository_plugins() -> list[str]:
     return sorted(f"modelport-{p.parent.name}" for p in ROOT.glob("plugins/*/pyproject.toml"))
 
 
-def _text_after_command(command: str) -> str:
-    """The output shown under ``$ COMMAND`` in cli.md's text blocks, up to the block's end."""
-    [block] = [code for lang, code, _ in code_blocks(page("cli.md")) if code.startswith(f"$ {command}\n")]
+def _shown_after(name: str, command: str) -> str:
+    """The output a page shows under ``$ COMMAND`` in one of its text blocks, up to the block's end."""
+    [block] = [code for lang, code, _ in code_blocks(page(name)) if code.startswith(f"$ {command}\n")]
     return block.removeprefix(f"$ {command}\n")
 
 
@@ -940,7 +940,7 @@ def test_the_plugins_listing_in_the_cli_page_is_what_the_command_prints(reposito
     from modelport import cli
 
     assert cli.main(["plugins"]) == 0
-    assert capsys.readouterr().out == _text_after_command("modelport plugins")
+    assert capsys.readouterr().out == _shown_after("cli.md", "modelport plugins")
 
 
 def _hook_groups(text: str) -> dict[str, list[str]]:
@@ -964,7 +964,7 @@ def test_the_hook_order_in_the_cli_page_is_what_the_command_prints(repository_pl
 
     assert cli.main(["plugins", "--hooks"]) == 0
     actual = _hook_groups(capsys.readouterr().out)
-    documented = _hook_groups(_text_after_command("modelport plugins --hooks"))
+    documented = _hook_groups(_shown_after("cli.md", "modelport plugins --hooks"))
     assert len(documented) >= 3
     for header, lines in documented.items():
         assert header in actual, f"cli.md shows a hook the command does not list: {header}"
@@ -1050,12 +1050,6 @@ def test_a_plugin_called_a_skeleton_implements_no_hook(monkeypatch):
     host = get_host()
     working = [name for name in installed if host.plugins[name].hooks]
     assert working == [], "pages call these plugins skeletons, yet they implement hooks"
-
-
-def _shown_after(name: str, command: str) -> str:
-    """The output a page shows under ``$ COMMAND`` in one of its text blocks."""
-    [block] = [code for lang, code, _ in code_blocks(page(name)) if code.startswith(f"$ {command}\n")]
-    return block.removeprefix(f"$ {command}\n")
 
 
 def test_the_user_guides_hub_errors_are_what_the_command_prints(tmp_path, monkeypatch, capsys):
